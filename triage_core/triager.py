@@ -1,0 +1,129 @@
+"""The Triager: raw ticket text in, a schema-valid ticket with per-field confidences out."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .config import Config, load_config
+from .decoding import DecodedFields, SchemaDecoder
+from .model import LoadedModel, load_model
+from .prompt import PromptCodec
+from .schema import SchemaViolation, validate_ticket
+from .taxonomy import Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+
+class TriageError(RuntimeError):
+    """A ticket could not be triaged into a valid result; nothing is guessed."""
+
+
+class EmptyTicketError(TriageError, ValueError):
+    """The ticket has no text to triage."""
+
+
+@dataclass
+class TriageResult:
+    """The result shape of DESIGN.md, plus the full distributions and whether the text was truncated."""
+
+    ticket: dict[str, str]
+    confidence: dict[str, float]
+    model: dict[str, str | None]
+    latency_ms: int
+    distributions: dict[str, dict[str, float]] = field(default_factory=dict)
+    truncated: bool = False
+
+    def to_dict(self, distributions: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ticket": dict(self.ticket),
+            "confidence": {k: round(v, 4) for k, v in self.confidence.items()},
+            "model": dict(self.model),
+            "latency_ms": self.latency_ms,
+        }
+        if self.truncated:
+            out["truncated"] = True
+        if distributions:
+            out["distributions"] = {f: {v: round(p, 6) for v, p in d.items()} for f, d in self.distributions.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class DecodingSettings:
+    max_ticket_tokens: int = 768
+    summary_max_tokens: int = 32
+    lookup_tokens: int = 6
+    batch_size: int = 8
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "DecodingSettings":
+        return cls(**{k: data[k] for k in ("max_ticket_tokens", "summary_max_tokens", "lookup_tokens", "batch_size")})
+
+
+class Triager:
+    """Thread-safe: calls are serialised, since one model instance uses all the threads it is given."""
+
+    def __init__(self, loaded: LoadedModel, taxonomy: Taxonomy, settings: DecodingSettings | None = None):
+        self.loaded = loaded
+        self.taxonomy = taxonomy
+        self.settings = settings or DecodingSettings()
+        self.codec = PromptCodec(loaded.tokenizer, taxonomy)
+        self.decoder = SchemaDecoder(loaded.model, self.codec, summary_max_tokens=self.settings.summary_max_tokens,
+                                     lookup_tokens=self.settings.lookup_tokens)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config | None = None, adapter: str | None = None) -> "Triager":
+        """Load taxonomy, base model and adapter as `config` says (the defaults when None)."""
+        config = config or load_config()
+        taxonomy = load_taxonomy(config.taxonomy_path)
+        model_cfg = dict(config["model"])
+        adapter_path = config.path(adapter if adapter is not None else model_cfg.get("adapter"))
+        loaded = load_model(model_cfg, adapter=adapter_path, taxonomy_hash=taxonomy.label_hash)
+        return cls(loaded, taxonomy, DecodingSettings.from_mapping(config["decoding"]))
+
+    @property
+    def model_info(self) -> dict[str, str | None]:
+        return {"base": self.loaded.base_name, "adapter": self.loaded.adapter_name}
+
+    def triage(self, text: str) -> TriageResult:
+        return self.triage_many([text])[0]
+
+    def triage_many(self, texts: Iterable[str], batch_size: int | None = None) -> list[TriageResult]:
+        """Triage several tickets, batching similar lengths together; results come back in input order."""
+        texts = list(texts)
+        size = batch_size or self.settings.batch_size
+        encoded = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"ticket {i}: expected text, got {type(text).__name__}")
+            enc = self.codec.encode_ticket(text, self.settings.max_ticket_tokens)
+            if not enc.ids:
+                raise EmptyTicketError(f"ticket {i}: empty text, nothing to triage")
+            if enc.truncated:
+                log.warning("ticket %d: %d tokens, truncated to the first %d (decoding.max_ticket_tokens)",
+                            i, enc.original_tokens, self.settings.max_ticket_tokens)
+            encoded.append(enc)
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
+        results: list[TriageResult | None] = [None] * len(texts)
+        with self._lock:
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                t0 = time.perf_counter()
+                decoded = self.decoder.decode([encoded[i].ids for i in chunk])
+                elapsed = int(round((time.perf_counter() - t0) * 1000))
+                for i, d in zip(chunk, decoded):
+                    results[i] = self._result(d, elapsed, encoded[i].truncated)
+        return results  # type: ignore[return-value]
+
+    def _result(self, decoded: DecodedFields, latency_ms: int, truncated: bool) -> TriageResult:
+        ticket = {name: decoded.values[name] for name in self.taxonomy.field_names}
+        try:
+            validate_ticket(self.taxonomy, ticket)
+        except SchemaViolation as exc:
+            raise TriageError(f"the decoded ticket does not validate against the taxonomy schema: {exc}") from None
+        confidence = {name: decoded.distributions[name][ticket[name]] for name in decoded.distributions}
+        return TriageResult(ticket=ticket, confidence=confidence, model=self.model_info, latency_ms=latency_ms,
+                            distributions=decoded.distributions, truncated=truncated)
