@@ -147,7 +147,9 @@ def load_model(model_cfg: dict[str, Any], adapter: str | os.PathLike | None = No
     """Load base (+ adapter) as the config says. `trainable` keeps LoRA weights unmerged and trainable."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(int(model_cfg["threads"]))
     adapter = adapter if adapter is not None else model_cfg.get("adapter")
     meta = check_adapter(adapter, taxonomy_hash) if adapter else {}

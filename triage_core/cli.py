@@ -1,0 +1,230 @@
+"""The `ticket-triage` command group.
+
+Like `flask`, the group knows none of its subcommands by import: each package registers its own under the
+`ticket_triage.commands` entry-point group (triage_core: triage, taxonomy; trainer: generate, import, train, eval,
+...; connectors: serve, db, jobs, ...), and `taxonomy` subcommands under `ticket_triage.taxonomy_commands`
+(trainer: infer). A broken plug-in is reported and skipped, not fatal.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from .config import Config, ConfigError, load_config
+
+ENTRY_POINT_GROUP = "ticket_triage.commands"
+
+
+class PluginGroup(click.Group):
+    """A command group that also loads subcommands from an entry-point group, on first use."""
+
+    def __init__(self, *args: Any, entry_point_group: str = ENTRY_POINT_GROUP, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entry_point_group = entry_point_group
+
+    def _plugins(self) -> dict[str, metadata.EntryPoint]:
+        return {ep.name: ep for ep in metadata.entry_points(group=self.entry_point_group)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except Exception as exc:  # a broken plug-in must not take the whole CLI down
+            click.echo(f"warning: cannot load command {name!r} from {ep.value}: {exc}", err=True)
+            return None
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Exit with a one-line reason."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def get_config(ctx: click.Context) -> Config:
+    """The config named by --config (or $TRIAGE_CONFIG), loaded once per invocation."""
+    root = ctx.find_root()
+    obj = root.obj if isinstance(root.obj, dict) else {}
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(obj.get("config_path"))
+        except ConfigError as exc:
+            fail(str(exc))
+        root.obj = obj
+    return obj["config"]
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="TRIAGE_CONFIG",
+              help="YAML config file (default: embedded defaults; env TRIAGE_CONFIG).")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="ticket-triage")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """Triage IT tickets with a small fine-tuned LLM and schema-guided decoding."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    ctx.obj = {"config_path": config_path}
+
+
+def main() -> None:
+    cli(prog_name="ticket-triage")
+
+
+# --- triage ---------------------------------------------------------------------------------------------------
+
+def _read_jsonl_texts(path: Path) -> Iterator[tuple[str, str]]:
+    """(id, text) for each line of a JSONL file of {"id", "text"} objects or plain strings."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{path}: not UTF-8 (byte {exc.start}); convert it first, e.g. iconv -f cp1252 -t utf-8")
+    for n, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            fail(f"{path}:{n}: not JSON ({exc.msg})")
+        if isinstance(item, str):
+            yield str(n), item
+        elif isinstance(item, dict) and isinstance(item.get("text"), str):
+            yield str(item.get("id", n)), item["text"]
+        else:
+            fail(f"{path}:{n}: expected an object with a 'text' string")
+
+
+def _human(result: dict[str, Any]) -> str:
+    lines = []
+    for name, value in result["ticket"].items():
+        conf = result["confidence"].get(name)
+        lines.append(f"{name:>18}: {value}" + (f"  ({conf:.0%})" if conf is not None else ""))
+    model = result["model"]
+    lines.append(f"{'model':>18}: {model['base']}" + (f" + {model['adapter']}" if model.get("adapter") else ""))
+    lines.append(f"{'latency':>18}: {result['latency_ms']} ms")
+    return "\n".join(lines)
+
+
+@click.command("triage")
+@click.argument("text", required=False)
+@click.option("--file", "file_", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL of {\"id\", \"text\"} objects; prints one result per line.")
+@click.option("--adapter", help="LoRA adapter folder (overrides model.adapter).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--distributions", is_flag=True, help="Include every enum field's full distribution.")
+@click.pass_context
+def triage_command(ctx: click.Context, text: str | None, file_: Path | None, adapter: str | None, as_json: bool,
+                   distributions: bool) -> None:
+    """Triage TEXT (or - for stdin, or --file for JSONL) and print the result."""
+    if file_ is None and text is None:
+        fail("give the ticket text, - for stdin, or --file FILE.jsonl")
+    if file_ is not None and text is not None:
+        fail("give either TEXT or --file, not both")
+    if file_ is not None:
+        items = list(_read_jsonl_texts(file_))
+        if not items:
+            fail(f"{file_}: no tickets")
+    else:
+        if text == "-":
+            data = sys.stdin.buffer.read()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                fail(f"stdin is not UTF-8 (byte {exc.start})")
+        items = [("1", text or "")]
+    for ident, body in items:
+        if not body.strip():
+            fail(f"ticket {ident}: empty text, nothing to triage")
+
+    config = get_config(ctx)
+    from .model import ModelError
+    from .taxonomy import TaxonomyError
+    from .triager import TriageError, Triager
+
+    try:
+        triager = Triager.from_config(config, adapter=adapter)
+    except (ModelError, TaxonomyError, ConfigError) as exc:
+        fail(str(exc))
+    limit = triager.settings.max_ticket_tokens
+    for ident, body in items:
+        enc = triager.codec.encode_ticket(body, limit)
+        if enc.truncated:
+            click.echo(f"warning: ticket {ident}: {enc.original_tokens} tokens, only the first {limit} are read "
+                       "(decoding.max_ticket_tokens)", err=True)
+    logging.getLogger("triage_core.triager").setLevel(logging.ERROR)  # warned above already
+    try:
+        results = triager.triage_many([body for _, body in items])
+    except TriageError as exc:
+        fail(str(exc), code=1)
+    for (ident, _), result in zip(items, results):
+        data = result.to_dict(distributions=distributions)
+        if file_ is not None:
+            data = {"id": ident, **data}
+        if as_json or file_ is not None:
+            click.echo(json.dumps(data, ensure_ascii=False))
+        else:
+            click.echo(_human(data))
+
+
+# --- taxonomy -------------------------------------------------------------------------------------------------
+
+@click.group("taxonomy", cls=PluginGroup, entry_point_group="ticket_triage.taxonomy_commands")
+def taxonomy_group() -> None:
+    """Inspect and check the taxonomy (the labels the model may write)."""
+
+
+@taxonomy_group.command("check")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def taxonomy_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+    """Validate a taxonomy file (default: the configured one) and summarise it."""
+    from .taxonomy import TaxonomyError, load_taxonomy
+
+    path = path or get_config(ctx).taxonomy_path
+    try:
+        tax = load_taxonomy(path)
+    except TaxonomyError as exc:
+        fail(str(exc))
+    summary = {"file": str(path), "name": tax.name, "hash": tax.label_hash,
+               "fields": {f.name: (f.kind if f.kind == "text" else len(f.values)) for f in tax.fields}}
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+    else:
+        click.echo(f"{path}: ok, taxonomy {tax.name!r} ({tax.label_hash})")
+        for name, info in summary["fields"].items():
+            click.echo(f"  {name}: {info if info == 'text' else f'{info} values'}")
+
+
+@taxonomy_group.command("schema")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def taxonomy_schema(ctx: click.Context, path: Path | None) -> None:
+    """Print the JSON Schema (draft 2020-12) derived from the taxonomy."""
+    from .schema import json_schema
+    from .taxonomy import TaxonomyError, load_taxonomy
+
+    try:
+        tax = load_taxonomy(path or get_config(ctx).taxonomy_path)
+    except TaxonomyError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(json_schema(tax), indent=2, ensure_ascii=False))
