@@ -11,7 +11,7 @@ from conftest import ROOT
 
 def test_default_yaml_matches_embedded_defaults():
     data = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    for section in ("taxonomy", "model", "decoding"):
+    for section in ("taxonomy", "model", "decoding", "train"):
         assert data[section] == DEFAULTS[section], section
 
 

@@ -272,14 +272,12 @@ class Table:
 
 
 def file_format(path: Path) -> str:
-    """'jsonl' or 'csv', by suffix, else by the first non-blank character."""
-    if path.suffix.lower() in _JSONL_SUFFIXES:
-        return "jsonl"
-    if path.suffix.lower() in {".csv", ".tsv", ".txt"}:
-        return "csv"
+    """'jsonl', 'json' (one array of objects) or 'csv': by suffix, else by the first non-blank character."""
     with path.open("rb") as fh:
         start = fh.read(256).lstrip(codecs.BOM_UTF8 + b" \t\r\n")
-    return "jsonl" if start.startswith(b"{") else "csv"
+    if path.suffix.lower() in _JSONL_SUFFIXES or start.startswith(b"{"):
+        return "json" if start.startswith(b"[") else "jsonl"
+    return "csv"
 
 
 @contextmanager
@@ -300,10 +298,15 @@ def open_table(path: str | Path, encoding: str | None = None, progress: bool = F
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"reading {path.name}",
                file=sys.stderr, leave=False, disable=None if progress else True)
     raw = _ProgressReader(path.open("rb"), bar)
-    text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 16), encoding=enc, newline="", errors="strict")
     try:
-        table = (_csv_table if fmt == "csv" else _jsonl_table)(path, text, enc, encoding is None)
-        yield table
+        text = io.TextIOWrapper(io.BufferedReader(raw, 1 << 16), encoding=enc, newline="", errors="strict")
+    except LookupError as exc:  # a codec that is not a text encoding (rot13, base64)
+        raw.close()
+        bar.close()
+        raise ImportDataError(f"--encoding {encoding}: {exc}") from None
+    reader = {"csv": _csv_table, "jsonl": _jsonl_table, "json": _json_array_table}[fmt]
+    try:
+        yield reader(path, text, enc, encoding is None)
     except UnicodeDecodeError as exc:
         raise ImportDataError(f"{path}: cannot decode as {enc} (byte 0x{exc.object[exc.start]:02x}); "
                               "name the encoding with --encoding") from None
@@ -387,6 +390,23 @@ def _jsonl_table(path: Path, text: IO[str], enc: str, detected: bool) -> Table:
 
     return Table(path=path, format="jsonl", encoding=enc, encoding_detected=detected, columns=tuple(columns),
                  rows=rows(), unreadable=unreadable)
+
+
+def _json_array_table(path: Path, text: IO[str], enc: str, detected: bool) -> Table:
+    """A .json export holding one array of objects (read whole: JSON arrays cannot be streamed line by line)."""
+    try:
+        items = json.load(text)
+    except ValueError as exc:
+        raise ImportDataError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(items, list):
+        raise ImportDataError(f"{path}: expected an array of objects or one object per line")
+    unreadable = [n for n, obj in enumerate(items, 1) if not isinstance(obj, dict)]
+    rows = [(n, _flatten(obj)) for n, obj in enumerate(items, 1) if isinstance(obj, dict)]
+    columns: dict[str, None] = {}
+    for _, row in rows[:_JSONL_HEADER_ROWS]:
+        columns.update(dict.fromkeys(row))
+    return Table(path=path, format="jsonl", encoding=enc, encoding_detected=detected, columns=tuple(columns),
+                 rows=iter(rows), unreadable=unreadable)
 
 
 def resolve_columns(mapping: Mapping[str, Sequence[str]], columns: Sequence[str], path: Path | str
@@ -584,6 +604,7 @@ class Import:
                                    drop_rows=drop_rows)
         self._seen: dict[bytes, tuple[int, tuple[tuple[str, str], ...]]] = {}
         self._mojibake = 0
+        self._too_long: Counter = Counter()
 
     def _cells(self, row: Mapping[str, str], fld: str) -> str:
         return row.get(self.columns[fld][0], "")
@@ -592,12 +613,16 @@ class Import:
         """(outcome, value or None, detail) for one label cell: exact, mapped, normalised, out, parent."""
         f = self.taxonomy[fld]
         if not f.is_enum:
-            return "exact", clean_text(raw), None
+            value = clean_text(raw)
+            if len(value) > f.max_length:
+                self._too_long[fld] += 1
+            return "exact", value, None
         value = raw
         outcome = "exact"
         table = self.label_map.get(fld, {})
         if raw in table or raw.strip() in table:
-            value, outcome = table.get(raw, table.get(raw.strip())), "mapped"
+            value = table.get(raw, table.get(raw.strip()))
+            outcome = "exact" if value == raw else "mapped"  # an identity entry documents, it changes nothing
         elif norm_key(raw) in self.loose_map.get(fld, {}):
             value, outcome = self.loose_map[fld][norm_key(raw)], "mapped"
         elif raw not in f.values:
@@ -654,7 +679,7 @@ class Import:
                 rep.dropped["label_not_in_taxonomy"] += 1
                 continue
             if self.label_fields and not labels:
-                rep.dropped["no_labels_left"] += 1
+                rep.dropped["no_labels"] += 1  # a record without labels teaches nothing
                 continue
             problems = self.taxonomy.check_labels(labels)
             assert not problems, problems  # every label above was checked against the taxonomy
@@ -705,6 +730,9 @@ class Import:
             rep.dropped["unreadable"] += len(rep.unreadable_rows)
             rep.rows_read += len(rep.unreadable_rows)
         rep.warnings = list(self.table.warnings)
+        for fld, n in self._too_long.items():
+            rep.warnings.append(f"{n} {fld} labels are longer than its max_length "
+                                f"({self.taxonomy[fld].max_length}); kept, but the model writes at most that much")
         if self._mojibake:
             rep.warnings.append(f"{self._mojibake} records decoded as cp1252 look like UTF-8 text ('Ã', 'â€'): "
                                 "mixed encodings? try --encoding utf-8 to find the bad rows")

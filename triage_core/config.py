@@ -42,6 +42,28 @@ DEFAULTS: dict[str, Any] = {
         "lookup_tokens": 6,
         "batch_size": 8,
     },
+    "train": {
+        "rank": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        # LoRA on the top N transformer layers only (0 = all): no backward pass through the layers below.
+        "upper_layers": 12,
+        "learning_rate": 0.0003,
+        "epochs": 1.0,
+        "max_steps": 0,
+        "max_length": 320,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "warmup_ratio": 0.05,
+        "seed": 13,
+        # QLoRA: the base loaded in nf4 4-bit (bitsandbytes), LoRA trained on top.
+        "qlora": False,
+        # Share of examples trained with the explicit schema prompt (the rest rotate short instructions).
+        "explicit_fraction": 0.25,
+        "save_every": 100,
+        "eval_limit": 200,
+    },
 }
 
 
@@ -190,5 +212,13 @@ def _check_values(data: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: decoding.{key}: must be at least 1")
     if decoding["lookup_tokens"] < 0:
         raise ConfigError(f"{source}: decoding.lookup_tokens: must be 0 (off) or more")
+    train = data["train"]
+    for key in ("rank", "alpha", "max_length", "batch_size", "grad_accum", "save_every"):
+        if train[key] < 1:
+            raise ConfigError(f"{source}: train.{key}: must be at least 1")
+    if not 0.0 <= train["explicit_fraction"] <= 1.0 or not 0.0 <= train["dropout"] < 1.0:
+        raise ConfigError(f"{source}: train.explicit_fraction and train.dropout must lie in [0, 1]")
+    if train["learning_rate"] <= 0 or train["epochs"] <= 0:
+        raise ConfigError(f"{source}: train.learning_rate and train.epochs must be positive")
     if not isinstance(data["taxonomy"], str) or not data["taxonomy"]:
         raise ConfigError(f"{source}: taxonomy: expected a file path")

@@ -1,0 +1,183 @@
+"""`ticket-triage train` and `ticket-triage eval`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from triage_core.cli import fail, get_config
+
+
+def load_labelled(path: Path, taxonomy: Any, map_file: Path | None = None) -> list[dict]:
+    """Records from JSONL (the record shape) or, with a map file, from a CSV/JSONL export via the importer."""
+    from .importer import ImportDataError, import_tickets, load_map_file
+    from .records import RecordError, read_records
+
+    try:
+        if map_file is not None:
+            mf = load_map_file(map_file)
+            report = import_tickets(path, mf.columns, taxonomy, label_map=mf.labels)
+            return list(report.records)
+        if path.suffix.lower() == ".csv":
+            fail(f"{path}: a CSV needs --map-file to say which columns hold the text and labels")
+        return read_records(path)
+    except (RecordError, ImportDataError) as exc:
+        fail(str(exc))
+    return []
+
+
+def _taxonomy(ctx: click.Context, path: Path | None):
+    from triage_core.taxonomy import TaxonomyError, load_taxonomy
+
+    try:
+        return load_taxonomy(path or get_config(ctx).taxonomy_path)
+    except TaxonomyError as exc:
+        fail(str(exc))
+
+
+@click.command("train")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training records (JSONL in the record shape).")
+@click.option("--val", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Validation records: triaged after training for the adapter's metrics.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Adapter folder to write.")
+@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Adapter name (default: the folder name).")
+@click.option("--version", "version", help="Adapter version (default: a UTC timestamp).")
+@click.option("--init-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue training this adapter instead of starting fresh.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--qlora/--no-qlora", default=None, help="4-bit nf4 base (QLoRA); default from train.qlora.")
+@click.option("--max-steps", type=int)
+@click.option("--epochs", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--learning-rate", type=float)
+@click.option("--rank", type=int)
+@click.option("--max-length", type=int)
+@click.option("--seed", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
+                  name: str | None, version: str | None, init_adapter: Path | None, resume: bool,
+                  qlora: bool | None, max_steps: int | None, epochs: float | None, batch_size: int | None,
+                  learning_rate: float | None, rank: int | None, max_length: int | None, seed: int | None,
+                  as_json: bool) -> None:
+    """Fine-tune a LoRA (or QLoRA) adapter on labelled records."""
+    from triage_core.model import ModelError
+
+    from .records import RecordError, read_records
+    from .synthetic import INSTRUCTIONS
+    from .train import TrainingError, TrainSettings, train, write_meta
+
+    config = get_config(ctx)
+    taxonomy = _taxonomy(ctx, taxonomy_path)
+    try:
+        records = read_records(data)
+        val_records = read_records(val) if val else []
+    except RecordError as exc:
+        fail(str(exc))
+    if not records:
+        fail(f"{data}: no records")
+    settings = TrainSettings.from_mapping(config["train"], qlora=qlora, max_steps=max_steps, epochs=epochs,
+                                          batch_size=batch_size, learning_rate=learning_rate, rank=rank,
+                                          max_length=max_length, seed=seed)
+    if settings.max_steps < 0 or settings.batch_size < 1:
+        fail("--max-steps must be >= 0 and --batch-size >= 1")
+    try:
+        result = train(records, taxonomy, config["model"], settings, out_dir, name=name, version=version,
+                       init_adapter=init_adapter, resume=resume, instructions=INSTRUCTIONS)
+    except (TrainingError, ModelError) as exc:
+        fail(str(exc))
+    meta = result.meta
+    if val_records and settings.eval_limit:
+        from triage_core.triager import DecodingSettings, Triager
+
+        from .evaluate import evaluate, headline
+
+        triager = Triager.from_config(config, adapter=str(out_dir))
+        subset = val_records[: settings.eval_limit]
+        metrics, _ = evaluate(triager, subset, batch_size=DecodingSettings.from_mapping(config["decoding"]).batch_size,
+                              progress=True, data_name=str(val))
+        meta["metrics"] = {"val": {"n": len(subset), **headline(metrics["model"]),
+                                   "validity_pct": metrics["model"].get("validity_pct"),
+                                   "fields": {k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]}
+                                              for k, v in metrics["model"]["fields"].items()}}}
+        write_meta(out_dir, meta)
+    summary = {"adapter": str(out_dir), "steps": result.steps, "examples": result.examples,
+               "skipped": result.skipped, "seconds": round(result.seconds, 1),
+               "tokens_per_second": meta["training"]["tokens_per_second"], "final_loss": round(result.final_loss, 4),
+               "metrics": meta.get("metrics", {})}
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+    else:
+        click.echo(f"adapter written to {out_dir}: {result.steps} steps over {result.examples} examples "
+                   f"({result.skipped} skipped) in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
+        if meta.get("metrics"):
+            click.echo(f"validation: {json.dumps(meta['metrics']['val'], ensure_ascii=False)}")
+
+
+@click.command("eval")
+@click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Labelled records (JSONL), or a CSV/JSONL export with --map-file.")
+@click.option("--map-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Column and label mapping for a raw export (see config/maps/).")
+@click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training records for the TF-IDF + SVM baseline shown beside the model.")
+@click.option("--adapter", help="Adapter folder (overrides model.adapter).")
+@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--limit", type=int, help="Evaluate the first N records only.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write metrics.json, report.md and PNGs here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_context
+def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_path: Path | None,
+                 adapter: str | None, taxonomy_path: Path | None, limit: int | None, batch_size: int,
+                 report_dir: Path | None, as_json: bool) -> None:
+    """Evaluate the model (and a TF-IDF + SVM baseline) on labelled tickets."""
+    from triage_core.config import Config
+    from triage_core.model import ModelError
+    from triage_core.triager import Triager
+
+    from .evaluate import evaluate, evaluated_fields, summary_table, write_report
+    from .records import RecordError, read_records
+
+    config = get_config(ctx)
+    taxonomy = _taxonomy(ctx, taxonomy_path)
+    records = load_labelled(data, taxonomy, map_file)
+    if limit:
+        records = records[:limit]
+    if not records:
+        fail(f"{data}: no labelled records")
+    if not evaluated_fields(taxonomy, records):
+        fail(f"{data}: no record carries a label of the taxonomy's enum fields")
+    train_records = None
+    if train_path:
+        try:
+            train_records = read_records(train_path)
+        except RecordError as exc:
+            fail(str(exc))
+    if taxonomy_path:
+        data_cfg = dict(config.data)
+        data_cfg["taxonomy"] = str(taxonomy_path.resolve())
+        config = Config(data=data_cfg, base_dir=config.base_dir, source=config.source)
+    try:
+        triager = Triager.from_config(config, adapter=adapter)
+    except ModelError as exc:
+        fail(str(exc))
+    metrics, preds = evaluate(triager, records, train=train_records, batch_size=batch_size, progress=True,
+                              data_name=str(data))
+    if report_dir:
+        write_report(report_dir, metrics, records, preds, evaluated_fields(taxonomy, records))
+    if as_json:
+        click.echo(json.dumps(metrics, ensure_ascii=False))
+    else:
+        m = metrics["model"]
+        click.echo(f"{m['n']} tickets, validity {m.get('validity_pct')}%, latency p50 "
+                   f"{m.get('latency_ms', {}).get('p50')} ms, {m.get('tickets_per_second')} tickets/s")
+        click.echo(summary_table(metrics))
+        if report_dir:
+            click.echo(f"report written to {report_dir}")
