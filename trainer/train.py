@@ -271,7 +271,7 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
                 out = model(**batch)
             loss = out.loss / settings.grad_accum
             loss.backward()
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
