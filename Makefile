@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test bench install clean
+.PHONY: run test bench adapter install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PIP) install -e '.[bench]'
 	$(PY) bench/triage_latency.py
+
+# The shipped default adapter (adapters/default-it): synthetic data for the default taxonomy, then LoRA training.
+adapter: $(VENV)/.installed
+	$(VENV)/bin/ticket-triage generate --n 3000 --seed 13 --out data/synthetic
+	$(VENV)/bin/ticket-triage train --data data/synthetic/train.jsonl --val data/synthetic/val.jsonl \
+		--out adapters/default-it --name default-it --version 1
 
 clean:
 	rm -rf $(VENV) *.egg-info

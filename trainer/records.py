@@ -15,6 +15,7 @@ class Record(TypedDict, total=False):
     labels: dict[str, str]
     source: str
     closed_at: str
+    group: str  # optional: the near-duplicate group (synthetic scenario phrasing); keeps paraphrases in one split
 
 
 class RecordError(ValueError):

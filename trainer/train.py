@@ -109,16 +109,10 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
             continue
         codec = explicit if not rotated or rng.random() < settings.explicit_fraction else rng.choice(rotated)
         answer = explicit.encode_answer(labels)
-        room = settings.max_length - len(codec.prefix_ids) - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
-        if room < 8:
-            # The explicit prompt may not fit max_length: fall back to a short instruction.
-            codec = rotated[0] if rotated else codec
-            room = settings.max_length - len(codec.prefix_ids) - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
-            if room < 8:
-                skipped += 1
-                continue
-        ticket = codec.encode_ticket(record["text"], room).ids
-        if not ticket:
+        # max_length bounds what follows the system prompt, so the long explicit prompt never squeezes the ticket.
+        room = settings.max_length - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
+        ticket = codec.encode_ticket(record["text"], max(0, room)).ids
+        if room < 8 or not ticket:
             skipped += 1
             continue
         prompt = list(codec.prefix_ids) + codec.user_ids(ticket)

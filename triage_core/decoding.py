@@ -98,33 +98,44 @@ class SchemaDecoder:
                      pos=torch.full((batch,), self._prefix_len, dtype=torch.long, device=self.device))
 
     def _forward(self, rows: _Rows, ids: torch.Tensor, offsets: torch.Tensor, attend: torch.Tensor,
-                 valid: torch.Tensor) -> torch.Tensor:
+                 valid: torch.Tensor, keep: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of new tokens `ids` [B, W] at positions `rows.pos + offsets`.
 
         `attend` [B, W, W] says which new tokens each new token sees (besides the cache positions its row
         attends to); `valid` [B, W] marks real tokens. The cache grows by W; `rows.mask` is extended with `valid`.
-        Returns logits [B, W, V] as float32.
+        Logits are projected only at the positions in `keep` (all when None): the vocabulary projection is a
+        fifth of the model. Returns (logits [B, len(keep), V] float32, column of each position or -1 [W]).
         """
         b, w = ids.shape
         ctx = rows.mask.unsqueeze(1).expand(b, w, rows.mask.shape[1])
         full = torch.cat([ctx, attend & valid.unsqueeze(1)], dim=2).unsqueeze(1)
+        column = torch.full((w,), -1, dtype=torch.long)
+        if keep is None:
+            keep = list(range(w))
+        column[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
         res = self.model(input_ids=ids, attention_mask=full, position_ids=rows.pos.unsqueeze(1) + offsets,
-                         cache=rows.cache, use_cache=True)
+                         cache=rows.cache, use_cache=True,
+                         logits_to_keep=torch.tensor(keep, dtype=torch.long, device=self.device))
         rows.mask = torch.cat([rows.mask, valid], dim=1)
-        return res.logits.float()
+        return res.logits.float(), column
 
-    def _feed(self, rows: _Rows, seqs: list[list[int]]) -> torch.Tensor:
-        """Append each row's tokens (possibly none); the next-token logits follow each row's last token."""
+    def _feed(self, rows: _Rows, seqs: list[list[int]], all_logits: bool = False) -> torch.Tensor | None:
+        """Append each row's tokens (possibly none); the next-token logits follow each row's last token.
+
+        With `all_logits` the logits of every position come back ([B, W, V]), for verifying drafts.
+        """
         ids, valid = self._pad(seqs)
-        w = ids.shape[1]
-        offsets = torch.arange(w, device=self.device).expand(len(seqs), w)
-        causal = torch.ones(w, w, dtype=torch.bool, device=self.device).tril().expand(len(seqs), w, w)
-        logits = self._forward(rows, ids, offsets, causal, valid)
+        b, w = ids.shape
         lengths = valid.sum(dim=1)
-        last = logits[torch.arange(len(seqs), device=self.device), (lengths - 1).clamp(min=0)]
+        last_pos = (lengths - 1).clamp(min=0)
+        keep = None if all_logits else sorted(set(last_pos.tolist()))
+        offsets = torch.arange(w, device=self.device).expand(b, w)
+        causal = torch.ones(w, w, dtype=torch.bool, device=self.device).tril().expand(b, w, w)
+        logits, column = self._forward(rows, ids, offsets, causal, valid, keep)
+        last = logits[torch.arange(b, device=self.device), column[last_pos.cpu()].to(self.device)]
         rows.logits = last if rows.logits is None else torch.where((lengths > 0).unsqueeze(1), last, rows.logits)
         rows.pos = rows.pos + lengths
-        return logits
+        return logits if all_logits else None
 
     def _pad(self, seqs: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         w = max(1, width or 0, max(len(s) for s in seqs))
@@ -169,21 +180,28 @@ class SchemaDecoder:
                 attend[r, at : at + n, :lead_w] = True
                 attend[r, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
                 at += n
+        # Logits are needed after each lead's last token and after every candidate token but the last.
+        keep = {len(s) - 1 for s in lead if s}
+        for row in cands:
+            at = lead_w
+            for _, tokens in row:
+                keep.update(range(at, at + len(tokens) - 1))
+                at += len(tokens)
         # The lead's padding is attended by nobody (valid masks it); pad queries see only their row's context.
         lead_valid = valid[:, :lead_w].clone()
-        logits = self._forward(rows, ids.to(self.device), offsets.to(self.device), attend.to(self.device),
-                               valid.to(self.device))
+        logits, column = self._forward(rows, ids.to(self.device), offsets.to(self.device), attend.to(self.device),
+                                       valid.to(self.device), sorted(keep))
         logp = torch.log_softmax(logits, dim=-1)
         first = torch.log_softmax(rows.logits, dim=-1) if rows.logits is not None else None
         for r, d in enumerate(out):
             n_lead = len(lead[r])
-            start_dist = logp[r, n_lead - 1] if n_lead else first[r]  # type: ignore[index]
+            start_dist = logp[r, column[n_lead - 1]] if n_lead else first[r]  # type: ignore[index]
             at = lead_w
             names, scores = [], []
             for value, tokens in cands[r]:
                 total = float(start_dist[tokens[0]])
                 for j in range(1, len(tokens)):
-                    total += float(logp[r, at + j - 1, tokens[j]])
+                    total += float(logp[r, column[at + j - 1], tokens[j]])
                 names.append(value)
                 scores.append(total)
                 at += len(tokens)
@@ -198,7 +216,8 @@ class SchemaDecoder:
         rows.mask = rows.mask[:, :keep]
         lengths = lead_valid.sum(dim=1).to(self.device)
         fed = lengths > 0
-        last = logits[torch.arange(b, device=self.device), (lengths - 1).clamp(min=0)]
+        last_col = column[(lengths.cpu() - 1).clamp(min=0)].clamp(min=0).to(self.device)
+        last = logits[torch.arange(b, device=self.device), last_col]
         rows.logits = last if rows.logits is None else torch.where(fed.unsqueeze(1), last, rows.logits)
         rows.pos = rows.pos + lengths
 
@@ -235,7 +254,7 @@ class SchemaDecoder:
                 break
             start_len = rows.mask.shape[1]
             pos_before = rows.pos.clone()
-            logits = self._feed(rows, seqs)
+            logits = self._feed(rows, seqs, all_logits=True)
             for b, seq in enumerate(seqs):
                 if not seq:
                     continue
