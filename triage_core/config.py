@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         # QLoRA: the base loaded in nf4 4-bit (bitsandbytes), LoRA trained on top.
         "qlora": False,
         # Share of examples trained with the explicit schema prompt (the rest rotate short instructions).
-        "explicit_fraction": 0.25,
+        "explicit_fraction": 0.2,
         "save_every": 100,
         "eval_limit": 200,
     },

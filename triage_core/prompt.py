@@ -2,6 +2,9 @@
 
 Inference uses the "explicit" prompt: a system message that spells out the schema (fields in order, allowed
 values), then the ticket as the user message. The system turn never changes, so its KV cache is computed once.
+Field descriptions are always shown; value descriptions only for short lists (at most `VALUE_DESCRIPTION_LIMIT`
+values, such as priority), where they carry the meaning. Long lists stay names only: that keeps the prompt at
+about half the tokens, which every decode step attends over and every explicit training example pays for.
 
 The answer is laid out as alternating segments: JSON punctuation with key names (`{"summary": "`,
 `", "category": "`, ..., `"}`) and values. Each segment is tokenized on its own, and training tokenizes the
@@ -17,6 +20,7 @@ from typing import Any, Mapping, Sequence
 from .taxonomy import Taxonomy
 
 _SENTINEL = "\u2063TICKET\u2063"
+VALUE_DESCRIPTION_LIMIT = 4
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
@@ -40,7 +44,7 @@ def system_prompt(taxonomy: Taxonomy) -> str:
             for parent_value, values in f.children.items():
                 lines.append(f"  {parent_value}: {', '.join(values)}")
             continue
-        if f.value_descriptions:
+        if f.value_descriptions and len(f.values) <= VALUE_DESCRIPTION_LIMIT:
             lines.append(f"{head}: one of")
             for v in f.values:
                 d = f.value_descriptions.get(v)
