@@ -11,7 +11,7 @@ the same transformers model (with the configured adapter). Validity is checked a
 including "subcategory only under its category". Prints p50/p95 ms per ticket at batch size 1, tickets/s at
 batch sizes 1 and 8, validity %, and ours as a ratio against each other method.
 
-    python bench/triage_latency.py [--n 50] [--methods seed,xgrammar,llamacpp,ours] [--max-new-tokens 120]
+    python bench/triage_latency.py [--n 50] [--methods seed,xgrammar,llamacpp,ours,ours-fp32] [--max-new-tokens 120]
 """
 from __future__ import annotations
 
@@ -105,7 +105,8 @@ class HFGenerate:
         pad = self.tok.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        kwargs = {}
+        # Stop at the first closing brace (the answer is one flat object), so (a) is not charged for rambling on.
+        kwargs = {"stop_strings": ["}"], "tokenizer": self.tok}
         if self.grammar is not None:
             import xgrammar as xgr
 
@@ -186,7 +187,7 @@ def measure(name: str, method, texts: list[str], taxonomy, batch8: bool) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--methods", default="seed,xgrammar,llamacpp,ours")
+    ap.add_argument("--methods", default="seed,xgrammar,llamacpp,ours,ours-fp32")
     ap.add_argument("--max-new-tokens", type=int, default=120)
     ap.add_argument("--config")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
@@ -213,6 +214,10 @@ def main() -> None:
                                     texts, taxonomy, False))
             elif name == "ours":
                 rows.append(measure(name, Ours(triager), texts, taxonomy, True))
+            elif name == "ours-fp32":  # the dtype choice: the same decoder over float32 weights
+                other = "float32" if config["model"]["dtype"] != "float32" else "bfloat16"
+                alt = Triager.from_config(load_config(args.config, overrides={"model": {"dtype": other}}))
+                rows.append(measure(f"ours-{other}", Ours(alt), texts, taxonomy, True))
             else:
                 print(f"unknown method {name!r}", file=sys.stderr)
         except ImportError as exc:
@@ -226,7 +231,7 @@ def main() -> None:
     ours = next((r for r in rows if r["method"] == "ours"), None)
     if ours:
         for r in rows:
-            if r is not ours:
+            if r is not ours and r["p50_ms"]:
                 print(f"ours p50 / {r['method']} p50 = {ours['p50_ms'] / r['p50_ms']:.2f}")
     if args.json:
         print(json.dumps(rows))

@@ -42,6 +42,45 @@ DEFAULTS: dict[str, Any] = {
         "lookup_tokens": 6,
         "batch_size": 8,
     },
+    "server": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        # Requests with a larger body are refused with 413 before they are read.
+        "max_body_bytes": 1048576,
+        # Worker threads that claim jobs from the queue (the model itself runs one batch at a time).
+        "workers": 2,
+        # The /v1 API's bearer token is read from this environment variable (never from this file).
+        "api_token_env": "TRIAGE_API_TOKEN",
+    },
+    "database": {
+        # SQLite (WAL mode) by default; PostgreSQL with postgresql+psycopg://user@host/db.
+        "url": "sqlite:///triage.db",
+    },
+    "queue": {
+        "max_attempts": 6,
+        "lease_seconds": 120,
+        "backoff_base_seconds": 2.0,
+        "backoff_max_seconds": 600.0,
+        "poll_interval_seconds": 0.5,
+    },
+    "policy": {
+        # Shadow mode: triage and store everything, write nothing back.
+        "shadow": False,
+        # Write a field a human already set on the ticket only when this is true.
+        "overwrite_human": False,
+        "review_marker": "triage-needs-review",
+        "default_mode": "apply",
+        "default_threshold": 0.5,
+        # Per field: {mode: apply | suggest | off, threshold: 0..1}; unnamed fields use the defaults above.
+        "fields": {},
+        # Which tickets are triaged at all; empty lists mean no restriction.
+        "filter": {"connectors": [], "projects": [], "ticket_types": []},
+    },
+    "connectors": {
+        "enabled": ["generic"],
+        # Per-connector settings, keyed by connector name (see each connector's documentation).
+        "settings": {},
+    },
     "train": {
         "rank": 16,
         "alpha": 32,

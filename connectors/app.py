@@ -1,0 +1,171 @@
+"""The daemon's Flask app factory: the composition root that wires config, store, queue, model, policy,
+connectors and workers together.
+
+Production: `gunicorn -w 1 --threads 8 -b 127.0.0.1:8080 'connectors.app:create_app()'` (one process per model
+copy; scale out with more instances on the same database, which the queue's leases make safe).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+from typing import Any, Mapping
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from triage_core.config import Config, load_config
+from triage_core.policy import Policy
+from triage_core.queue import JobQueue
+from triage_core.store import Store
+from triage_core.triager import EmptyTicketError, TriageError, Triager
+
+from .base import Connector, WebhookRejected, load_connectors
+from .metrics import Metrics
+from .worker import WorkerContext, start_workers
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, reason: str) -> tuple[Response, int]:
+    return jsonify({"error": reason}), status
+
+
+def create_app(config: Config | None = None, *, triager: Triager | None = None, store: Store | None = None,
+               connectors: Mapping[str, Connector] | None = None, env: Mapping[str, str] | None = None,
+               workers: int | None = None) -> Flask:
+    """Build the app. Anything not passed is built from `config` (the defaults and TRIAGE_* variables)."""
+    env = os.environ if env is None else env
+    config = config or load_config(env=env)
+    server = config["server"]
+    app = Flask("ticket_triage")
+    app.config["MAX_CONTENT_LENGTH"] = int(server["max_body_bytes"])
+
+    store = store or Store(config["database"]["url"])
+    store.upgrade()
+    queue = JobQueue.from_config(store, config["queue"])
+    triager = triager or Triager.from_config(config)
+    policy = Policy.from_config(config["policy"], triager.taxonomy)
+    connectors = dict(connectors) if connectors is not None else load_connectors(config, env)
+    metrics = Metrics(queue.depth)
+    metrics.set_model(triager.model_info)
+    api_token = env.get(server["api_token_env"], "")
+    if not api_token:
+        log.warning("%s is not set: the /v1 API answers 503 until it is", server["api_token_env"])
+
+    ctx = WorkerContext(store=store, queue=queue, triager=triager, policy=policy, connectors=connectors,
+                        metrics=metrics, batch_size=triager.settings.batch_size,
+                        poll_interval=float(config["queue"]["poll_interval_seconds"]))
+    app.extensions["triage"] = ctx
+    count = int(server["workers"]) if workers is None else workers
+    threads, stop = start_workers(ctx, count) if count > 0 else ([], threading.Event())
+    app.extensions["triage_workers"] = (threads, stop)
+
+    def require_token() -> tuple[Response, int] | None:
+        if not api_token:
+            return _error(503, f"the API is disabled: set {server['api_token_env']}")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_token.encode()):
+            return _error(401, "missing or invalid bearer token")
+        return None
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        connector = (request.view_args or {}).get("connector") if request else None
+        if connector and request.path.startswith("/webhooks/"):
+            metrics.webhooks_refused.labels(connector, str(exc.code)).inc()
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.post("/webhooks/<connector>")
+    def webhook(connector: str):
+        conn = connectors.get(connector)
+        if conn is None:
+            return _error(404, f"unknown connector {connector!r}")
+        metrics.webhooks_received.labels(connector).inc()
+        body = request.get_data(cache=False)
+        try:
+            tickets = conn.parse_webhook(body, request.headers, request.args)
+        except WebhookRejected as exc:
+            metrics.webhooks_refused.labels(connector, str(exc.status)).inc()
+            log.info("webhook %s refused: %d %s", connector, exc.status, exc.reason)
+            return _error(exc.status, exc.reason)
+        events = []
+        for ticket in tickets:
+            if not policy.filter.accepts(ticket):
+                events.append({"ref": ticket.ref, "filtered": True})
+                continue
+            res = queue.submit(ticket)
+            if not res.created:
+                metrics.webhooks_duplicate.labels(connector).inc()
+            events.append({"ref": ticket.ref, "event_id": res.event_id, "job_id": res.job_id,
+                           "duplicate": not res.created})
+        log.info("webhook %s: %d event(s) accepted", connector, len(events))
+        return jsonify({"accepted": events}), 202
+
+    @app.post("/v1/triage")
+    def triage():
+        denied = require_token()
+        if denied:
+            return denied
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+            return _error(400, 'expected a JSON object {"text": "..."}')
+        try:
+            result = triager.triage(data["text"])
+        except EmptyTicketError:
+            return _error(400, "empty text, nothing to triage")
+        except TriageError as exc:
+            return _error(500, str(exc))
+        metrics.triage_latency.observe(result.latency_ms / 1000)
+        return jsonify(result.to_dict(distributions=bool(data.get("distributions"))))
+
+    @app.get("/v1/tickets/<connector>/<path:ref>")
+    def ticket(connector: str, ref: str):
+        denied = require_token()
+        if denied:
+            return denied
+        history = store.ticket_history(connector, ref)
+        if not history:
+            return _error(404, f"no ticket {ref!r} from {connector!r}")
+        return jsonify(history)
+
+    @app.get("/v1/jobs")
+    def jobs():
+        denied = require_token()
+        if denied:
+            return denied
+        state = request.args.get("state")
+        if state not in (None, "queued", "running", "done", "dead"):
+            return _error(400, "state must be queued, running, done or dead")
+        return jsonify({"depth": queue.depth(), "jobs": [j.to_dict() for j in queue.list(state=state, limit=200)]})
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        checks = {"database": store.ping(), "model": triager is not None,
+                  "workers": all(t.is_alive() for t in threads), "connectors": sorted(connectors)}
+        ok = checks["database"] and checks["model"] and checks["workers"]
+        return jsonify({"ready": ok, **checks, "model_info": triager.model_info}), (200 if ok else 503)
+
+    @app.get("/metrics")
+    def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def stop_workers(app: Flask, timeout: float = 10.0) -> None:
+    """Stop the app's worker threads (they finish the batch in hand; leases cover anything cut short)."""
+    threads, stop = app.extensions.get("triage_workers", ([], None))
+    if stop is not None:
+        stop.set()
+    for t in threads:
+        t.join(timeout)

@@ -1,0 +1,161 @@
+"""The Connector protocol every ITSM connector follows, its errors, and entry-point discovery.
+
+A connector is the only code that knows a vendor: it turns a webhook into `InboundTicket`s (after checking the
+webhook is authentic) and a `WritebackPlan` into vendor API calls. Everything else (queue, policy, triage) is
+vendor-agnostic. Connectors are found through the `ticket_triage.connectors` entry-point group, so a new ITSM is a
+package that registers a factory, not a change here. `connectors.generic` is the reference implementation.
+"""
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+from triage_core.config import ConfigError
+from triage_core.policy import WritebackPlan
+from triage_core.queue import InboundTicket
+from triage_core.triager import TriageResult
+
+ENTRY_POINT_GROUP = "ticket_triage.connectors"
+
+#: A connector factory, as registered under the entry-point group: (settings, environment) -> Connector.
+ConnectorFactory = Callable[[Mapping[str, Any], Mapping[str, str]], "Connector"]
+
+
+class ConnectorConfigError(ConfigError):
+    """A connector cannot start with its settings or environment; the message names the key, never a secret."""
+
+
+class WebhookRejected(Exception):
+    """A webhook is refused; the route answers `status` with the one-line `reason`.
+
+    400 malformed, 401 bad or missing signature, 413 too large, 415 wrong content type, 422 well-formed but not
+    acceptable (e.g. a callback host that is not allowed).
+    """
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason.replace("\n", " ")
+
+
+class WritebackError(Exception):
+    """The vendor refused or could not be reached. `retryable` tells the queue whether to try again, and
+    `retry_after` (seconds) when the vendor said when (429/503 Retry-After)."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass(frozen=True)
+class WritebackOutcome:
+    """What a write-back did: 'applied' (the vendor accepted it), 'shadow' (nothing written on purpose) or
+    'skipped' (nothing to write to, e.g. no callback URL); `status` is the vendor's HTTP status when one was made."""
+
+    outcome: str
+    status: int | None
+    detail: str = ""
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """One ITSM. Implementations must be safe to call from several worker threads."""
+
+    name: str
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[InboundTicket]:
+        """Verify authenticity first (constant-time), then parse; raise `WebhookRejected`.
+
+        May return several tickets (batched events) or none (an event that is not a new ticket)."""
+        ...
+
+    def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
+        """Write the plan to the ticket; raise `WritebackError` (retryable for 429, 5xx, connection errors)."""
+        ...
+
+
+@runtime_checkable
+class ClosedTicketSource(Protocol):
+    """Optional: a connector that can list closed tickets (labelled records of DESIGN.md) for retraining."""
+
+    def closed_tickets(self, since: Any) -> Iterable[dict]:
+        """Labelled-ticket records closed after `since`; raise NotImplementedError where the ITSM has none."""
+        ...
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by case-insensitive name, whether `headers` is a plain dict or a framework's header map."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.casefold()
+    for key, value in headers.items():
+        if key.casefold() == wanted:
+            return value
+    return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date); None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:  # HTTP dates are GMT; a zone-less one is not one
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def load_connectors(config: Any, env: Mapping[str, str]) -> dict[str, Connector]:
+    """Instantiate every enabled connector (`connectors.enabled`) from its entry point, with its settings.
+
+    `config` is a `Config` or a mapping with a `connectors` section. Raises `ConnectorConfigError` naming the key
+    when a connector is not installed, its settings are not a mapping, or its factory refuses them.
+    """
+    section = config["connectors"]
+    enabled = section.get("enabled") or []
+    all_settings = section.get("settings") or {}
+    if not isinstance(enabled, (list, tuple)) or not all(isinstance(n, str) and n for n in enabled):
+        raise ConnectorConfigError(f"connectors.enabled: expected a list of connector names, got {enabled!r}")
+    if not isinstance(all_settings, Mapping):
+        raise ConnectorConfigError("connectors.settings: expected a mapping of connector name to settings")
+    available = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    out: dict[str, Connector] = {}
+    for name in enabled:
+        if name in out:
+            raise ConnectorConfigError(f"connectors.enabled: {name!r} is listed twice")
+        if name not in available:
+            known = ", ".join(sorted(available)) or "none"
+            raise ConnectorConfigError(f"connectors.enabled: no connector named {name!r} is installed "
+                                       f"(entry-point group {ENTRY_POINT_GROUP}; installed: {known})")
+        settings = all_settings.get(name) or {}
+        if not isinstance(settings, Mapping):
+            raise ConnectorConfigError(f"connectors.settings.{name}: expected a mapping")
+        try:
+            factory = available[name].load()
+        except Exception as exc:  # a broken plug-in must name itself, not crash start-up with a bare traceback
+            raise ConnectorConfigError(f"connectors.enabled: connector {name!r} cannot be loaded "
+                                       f"({available[name].value}): {type(exc).__name__}: {exc}") from exc
+        try:
+            connector = factory(settings, env)
+        except ConnectorConfigError:
+            raise
+        except (ConfigError, ValueError, TypeError, KeyError) as exc:
+            raise ConnectorConfigError(f"connectors.settings.{name}: {exc}") from exc
+        if not isinstance(connector, Connector):
+            raise ConnectorConfigError(f"connectors.enabled: {available[name].value} did not return a Connector")
+        if connector.name != name:
+            raise ConnectorConfigError(f"connectors.enabled: entry point {name!r} built a connector named "
+                                       f"{connector.name!r}; tickets would not find their way back")
+        out[name] = connector
+    return out

@@ -1,0 +1,234 @@
+"""The generic connector: a plain signed JSON webhook in, a signed JSON callback out.
+
+The reference implementation of the Connector protocol, and the way to connect an ITSM that has no dedicated
+connector (a small script or an automation rule posts the ticket, receives the triage).
+
+Webhook body (UTF-8 JSON):
+    {"id": "INC-42", "text": "subject and body", "callback_url": "http://127.0.0.1:9000/triaged",  # optional
+     "project": "IT", "type": "Incident", "fields": {"priority": "High"}}   # optional; fields a human already set
+Headers: `X-Triage-Signature: sha256=<hex HMAC-SHA256 of the raw body>` (required), `X-Triage-Delivery: <id>`
+(optional idempotency key; otherwise the body's SHA-256 is the key, so a re-sent identical body is a duplicate).
+
+Write-back: a POST of {"id", "ticket" (applied fields), "suggested", "needs_review", "review_marker", "note",
+"confidence", "model"} to the ticket's callback URL (or settings `callback_url`), signed the same way, with
+`X-Triage-Delivery` set to the webhook's idempotency key so the receiver can drop repeats. Callback hosts must be
+listed in `callback_hosts`: the daemon never posts to a host a webhook sender chose freely.
+
+Settings (connectors.settings.generic): secret_env (TRIAGE_GENERIC_SECRET), callback_url (none),
+callback_hosts ([127.0.0.1, localhost]), timeout (10 seconds).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import requests
+
+from triage_core.policy import WritebackPlan
+from triage_core.queue import InboundTicket
+from triage_core.triager import TriageResult
+
+from .base import ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, parse_retry_after
+
+NAME = "generic"
+SIGNATURE_HEADER = "X-Triage-Signature"
+DELIVERY_HEADER = "X-Triage-Delivery"
+DEFAULTS: dict[str, Any] = {
+    "secret_env": "TRIAGE_GENERIC_SECRET",
+    "callback_url": None,
+    "callback_hosts": ["127.0.0.1", "localhost"],
+    "timeout": 10.0,
+}
+_BODY_KEYS = ("id", "text", "callback_url", "project", "type", "fields")
+_MAX_REF = 255
+_MAX_DELIVERY = 200
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header value for `body`: what senders put on webhooks and receivers check on callbacks."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class GenericConnector:
+    """Signed JSON webhooks and callbacks. Stateless apart from settings, so safe across worker threads."""
+
+    name = NAME
+
+    def __init__(self, secret: bytes, callback_hosts: Iterable[str] = ("127.0.0.1", "localhost"),
+                 callback_url: str | None = None, timeout: float = 10.0):
+        if not secret:
+            raise ConnectorConfigError(f"connectors.settings.{NAME}: an empty secret cannot sign anything")
+        self._secret = secret
+        self.callback_hosts = frozenset(h.casefold() for h in callback_hosts)
+        self.timeout = timeout
+        if callback_url is not None:
+            problem = self._callback_problem(callback_url)
+            if problem:
+                raise ConnectorConfigError(f"connectors.settings.{NAME}.callback_url: {problem}")
+        self.callback_url = callback_url
+
+    def __repr__(self) -> str:  # never the secret
+        return f"GenericConnector(callback_hosts={sorted(self.callback_hosts)}, timeout={self.timeout})"
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[InboundTicket]:
+        """Check the signature over the raw bytes first, then the JSON; the query string is not used."""
+        self._verify(body, header(headers, SIGNATURE_HEADER))
+        content_type = (header(headers, "Content-Type") or "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", "text/json") and not content_type.endswith("+json"):
+            raise WebhookRejected(415, f"expected application/json, got {content_type}")
+        try:
+            text_body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        try:
+            data = json.loads(text_body)
+        except json.JSONDecodeError as exc:
+            raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        if not isinstance(data, dict):
+            raise WebhookRejected(400, "expected a JSON object")
+        for key in data:
+            if key not in _BODY_KEYS:
+                raise WebhookRejected(400, f"unknown key {key!r} (expected {', '.join(_BODY_KEYS)})")
+        ref = _text(data, "id", required=True)
+        if len(ref) > _MAX_REF:
+            raise WebhookRejected(400, f"id is longer than {_MAX_REF} characters")
+        text = _text(data, "text", required=True)
+        callback_url = _text(data, "callback_url")
+        if callback_url is not None:
+            problem = self._callback_problem(callback_url)
+            if problem:
+                raise WebhookRejected(422, f"callback_url: {problem}")
+        current = _current_fields(data.get("fields"))
+        delivery = (header(headers, DELIVERY_HEADER) or "").strip()
+        if len(delivery) > _MAX_DELIVERY or any(ord(c) < 32 for c in delivery):
+            raise WebhookRejected(400, f"{DELIVERY_HEADER}: at most {_MAX_DELIVERY} printable characters")
+        event_key = delivery or hashlib.sha256(body).hexdigest()
+        return [InboundTicket(connector=self.name, ref=ref, event_key=event_key, text=text,
+                              project=_text(data, "project"), ticket_type=_text(data, "type"), current=current,
+                              callback_url=callback_url)]
+
+    def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
+        """POST the signed plan to the callback URL; redirects are not followed (they could lead anywhere)."""
+        if plan.shadow:  # the worker never calls this in shadow mode; refuse to write anyway
+            return WritebackOutcome("shadow", None, "shadow mode: nothing written")
+        url = ticket.callback_url or self.callback_url
+        if url is None:
+            return WritebackOutcome("skipped", None, "no callback_url on the ticket or in the settings")
+        problem = self._callback_problem(url)  # settings may have changed since the webhook was accepted
+        if problem:
+            raise WritebackError(f"callback_url: {problem}", retryable=False)
+        payload = {"id": ticket.ref, "ticket": plan.apply, "suggested": plan.suggest,
+                   "needs_review": plan.needs_review, "review_marker": plan.review_marker, "note": plan.note,
+                   "confidence": {k: round(v, 4) for k, v in result.confidence.items()}, "model": result.model}
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body),
+                   DELIVERY_HEADER: ticket.event_key}
+        try:
+            response = requests.post(url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise WritebackError(f"callback unreachable: {type(exc).__name__}", retryable=True) from None
+        except requests.RequestException as exc:
+            raise WritebackError(f"callback failed: {type(exc).__name__}: {exc}", retryable=False) from None
+        status = response.status_code
+        response.close()
+        if 200 <= status < 300:
+            return WritebackOutcome("applied", status)
+        reason = f"callback answered {status} {response.reason or ''}".strip()
+        if status == 429 or status >= 500:
+            raise WritebackError(reason, retryable=True, status=status,
+                                 retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        if 300 <= status < 400:
+            reason += " (redirects are not followed)"
+        raise WritebackError(reason, retryable=False, status=status)
+
+    def closed_tickets(self, since: Any) -> Iterable[dict]:
+        raise NotImplementedError("the generic connector keeps no ticket history; import closed tickets from CSV")
+
+    def _verify(self, body: bytes, signature: str | None) -> None:
+        if not signature:
+            raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
+        expected = sign(self._secret, body).encode("ascii")
+        given = signature.strip().lower().encode("utf-8", "replace")
+        if not hmac.compare_digest(expected, given):
+            raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the body")
+
+    def _callback_problem(self, url: str) -> str | None:
+        """Why `url` may not be called back, or None. Strict, so urllib and requests cannot read it differently."""
+        if any(ord(c) <= 32 or c == "\\" for c in url):
+            return "spaces, control characters and backslashes are not allowed"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError as exc:
+            return f"not a URL ({exc})"
+        if parts.scheme not in ("http", "https"):
+            return "only http and https are allowed"
+        if "@" in parts.netloc:
+            return "credentials in the URL are not allowed"
+        host = (parts.hostname or "").casefold()
+        if host not in self.callback_hosts:
+            return f"host {host or '(none)'!r} is not in connectors.settings.{NAME}.callback_hosts"
+        return None
+
+
+def _text(data: Mapping[str, Any], key: str, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise WebhookRejected(400, f"{key}: expected a string, got {type(value).__name__}" if key in data
+                              else f"{key}: missing")
+    if not value.strip():
+        if required:
+            raise WebhookRejected(400, f"{key}: empty")
+        return None
+    return value if key == "text" else value.strip()
+
+
+def _current_fields(raw: Any) -> dict[str, str]:
+    """Fields a human already set; null or blank values count as unset."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WebhookRejected(400, f"fields: expected an object, got {type(raw).__name__}")
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise WebhookRejected(400, f"fields.{name}: expected a string, got {type(value).__name__}")
+        if value.strip():
+            out[name] = value
+    return out
+
+
+def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> GenericConnector:
+    """The entry-point factory: settings from connectors.settings.generic, the secret from the environment."""
+    key = f"connectors.settings.{NAME}"
+    for name in settings:
+        if name not in DEFAULTS:
+            raise ConnectorConfigError(f"{key}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
+    merged = {**DEFAULTS, **settings}
+    secret_env = merged["secret_env"]
+    if not isinstance(secret_env, str) or not secret_env:
+        raise ConnectorConfigError(f"{key}.secret_env: expected the name of an environment variable")
+    secret = env.get(secret_env, "")
+    if not secret:
+        raise ConnectorConfigError(f"{key}.secret_env: environment variable {secret_env} is not set; the generic "
+                                   "connector needs it to verify webhook signatures and sign callbacks")
+    hosts = merged["callback_hosts"]
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)) or not all(
+            isinstance(h, str) and h.strip() for h in hosts):
+        raise ConnectorConfigError(f"{key}.callback_hosts: expected a list of host names")
+    timeout = merged["timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ConnectorConfigError(f"{key}.timeout: expected a positive number of seconds, got {timeout!r}")
+    callback_url = merged["callback_url"]
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise ConnectorConfigError(f"{key}.callback_url: expected a URL")
+    return GenericConnector(secret.encode("utf-8"), callback_hosts=[h.strip() for h in hosts],
+                            callback_url=callback_url or None, timeout=float(timeout))
