@@ -17,8 +17,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-run: $(VENV)/.installed
-	$(VENV)/bin/ticket-triage triage "My laptop will not connect to the office Wi-Fi since this morning, I have a client call at 2pm"
+# Dev secrets: random ones in .dev-secrets (mode 600) unless already exported; `. ./.dev-secrets` to use them.
+.dev-secrets:
+	@umask 077; tok() { $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))'; }; \
+	printf 'export TRIAGE_API_TOKEN=$${TRIAGE_API_TOKEN:-%s}\nexport TRIAGE_GENERIC_SECRET=$${TRIAGE_GENERIC_SECRET:-%s}\n' \
+		"$$(tok)" "$$(tok)" > $@
+
+run: $(VENV)/.installed .dev-secrets
+	. ./.dev-secrets && exec $(VENV)/bin/ticket-triage serve
 
 test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q

@@ -7,13 +7,12 @@ copy; scale out with more instances on the same database, which the queue's leas
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 import threading
-from typing import Any, Mapping
+from typing import Mapping
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from triage_core.config import Config, load_config

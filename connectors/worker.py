@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from triage_core.policy import Policy
-from triage_core.queue import ClaimedJob, JobQueue
+from triage_core.queue import ClaimedJob, JobQueue, LeaseLost
 from triage_core.store import Store
 from triage_core.triager import TriageError, TriageResult, Triager
 
@@ -55,7 +55,12 @@ class Worker(threading.Thread):
             if not jobs:
                 self.stop.wait(self.ctx.poll_interval)
                 continue
-            self.process(jobs)
+            try:
+                self.process(jobs)
+            except LeaseLost as exc:  # another worker took the job over after our lease ran out: it is theirs
+                log.warning("%s: %s", self.name, exc)
+            except Exception:  # never let one bad batch kill the thread; leases bring the jobs back
+                log.exception("%s: processing a batch failed", self.name)
 
     def _claim_batch(self) -> list[ClaimedJob]:
         jobs = []

@@ -26,8 +26,8 @@ DEFAULTS: dict[str, Any] = {
         # Otherwise a local folder, or a hub id such as "Qwen/Qwen2.5-1.5B-Instruct" (the only case that
         # reaches a model hub).
         "base": "smollm2-135m-instruct",
-        # A PEFT LoRA adapter folder, or null for the base model alone.
-        "adapter": None,
+        # A PEFT LoRA adapter folder (relative paths from the config folder), or null for the base model alone.
+        "adapter": "../adapters/default-it",
         # bfloat16 measured faster than float32 on this CPU (bench/triage_latency.py); float32 is the fallback
         # for CPUs without bf16 kernels.
         "dtype": "bfloat16",
