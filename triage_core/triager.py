@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,12 +76,14 @@ class Triager:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: Config | None = None, adapter: str | None = None) -> "Triager":
+    def from_config(cls, config: Config | None = None, adapter: str | os.PathLike | None = None) -> "Triager":
         """Load taxonomy, base model and adapter as `config` says (the defaults when None)."""
         config = config or load_config()
         taxonomy = load_taxonomy(config.taxonomy_path)
         model_cfg = dict(config["model"])
-        adapter_path = config.path(adapter if adapter is not None else model_cfg.get("adapter"))
+        # An adapter given by the caller (command line) is a path as typed; one from the config file is
+        # relative to the config's folder.
+        adapter_path = adapter if adapter is not None else config.path(model_cfg.get("adapter"))
         loaded = load_model(model_cfg, adapter=adapter_path, taxonomy_hash=taxonomy.label_hash)
         return cls(loaded, taxonomy, DecodingSettings.from_mapping(config["decoding"]))
 
