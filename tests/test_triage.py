@@ -70,7 +70,7 @@ def test_long_ticket_is_truncated_not_refused(results, triager):
 def test_result_shape(results):
     data = results["network"].to_dict()
     assert set(data) == {"ticket", "confidence", "model", "latency_ms"}
-    assert data["model"] == {"base": "SmolLM2-135M-Instruct", "adapter": "default-it@1"}  # the shipped adapter
+    assert data["model"] == {"base": "SmolLM2-135M-Instruct", "adapter": "default-it@2"}  # the shipped adapter
     assert data["latency_ms"] > 0
 
 
