@@ -23,6 +23,12 @@ def test_generate_train_eval_loop(tmp_path):
     assert summary["metrics"]["val"]["validity_pct"] == 100.0
     meta = json.loads((adapter / "triage_adapter.json").read_text())
     assert meta["metrics"]["val"]["n"] == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = EventAccumulator(str(adapter / "tensorboard"))
+    logs.Reload()
+    tags = logs.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "eval/mean_accuracy", "eval/category/macro_f1"} <= set(tags)
 
     report = tmp_path / "report"
     code, out, err = run("eval", "--data", str(data / "test.jsonl"), "--train", str(data / "train.jsonl"),

@@ -28,6 +28,21 @@ def load_labelled(path: Path, taxonomy: Any, map_file: Path | None = None) -> li
     return []
 
 
+def _log_eval_metrics(out_dir: Path, step: int, val: dict) -> None:
+    """Validation metrics into the run's TensorBoard log, beside the loss and learning-rate curves."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(out_dir / "tensorboard")) as writer:
+        for key in ("mean_accuracy", "mean_macro_f1", "validity_pct"):
+            if isinstance(val.get(key), (int, float)):
+                writer.add_scalar(f"eval/{key}", val[key], step)
+        for name, m in val.get("fields", {}).items():
+            writer.add_scalar(f"eval/{name}/accuracy", m["accuracy"], step)
+            writer.add_scalar(f"eval/{name}/macro_f1", m["macro_f1"], step)
+
+
 def _taxonomy(ctx: click.Context, path: Path | None):
     from triage_core.taxonomy import TaxonomyError, load_taxonomy
 
@@ -106,6 +121,7 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
                                    "fields": {k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]}
                                               for k, v in metrics["model"]["fields"].items()}}}
         write_meta(out_dir, meta)
+        _log_eval_metrics(out_dir, result.steps, meta["metrics"]["val"])
     summary = {"adapter": str(out_dir), "steps": result.steps, "examples": result.examples,
                "skipped": result.skipped, "seconds": round(result.seconds, 1),
                "tokens_per_second": meta["training"]["tokens_per_second"], "final_loss": round(result.final_loss, 4),
