@@ -11,7 +11,8 @@ from conftest import ROOT
 
 def test_default_yaml_matches_embedded_defaults():
     data = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    for section in ("taxonomy", "model", "decoding", "train"):
+    assert set(data) == set(DEFAULTS)
+    for section in DEFAULTS:
         assert data[section] == DEFAULTS[section], section
 
 
