@@ -60,6 +60,7 @@ class SchemaDecoder:
         }
         self._text_masks: dict[int, torch.Tensor] = {}
         self._blank: torch.Tensor | None = None
+        self._token_text: list[str] | None = None
         self._prefix_cache = None
         self._prefix_len = 0
 
@@ -301,16 +302,21 @@ class SchemaDecoder:
 
     # --- token tables ------------------------------------------------------------------------------------
 
+    def _pieces(self) -> list[str]:
+        """Each vocabulary token's text, decoded once for both token tables."""
+        if self._token_text is None:
+            tok = self.codec.tokenizer
+            self._token_text = [tok.decode([i]) for i in range(len(tok))]
+        return self._token_text
+
     def _text_mask(self, close_id: int, vocab: int) -> torch.Tensor:
         """Tokens allowed inside a JSON string here: no quote, backslash or control character, no specials."""
         if close_id not in self._text_masks:
-            tok = self.codec.tokenizer
             allowed = torch.zeros(vocab, dtype=torch.bool)
-            special = set(tok.all_special_ids)
-            for i in range(min(vocab, len(tok))):
+            special = set(self.codec.tokenizer.all_special_ids)
+            for i, piece in enumerate(self._pieces()[:vocab]):
                 if i in special:
                     continue
-                piece = tok.decode([i])
                 if piece and not any(c in '"\\' or ord(c) < 32 or c in "\u2028\u2029" for c in piece):
                     allowed[i] = True
             allowed[close_id] = True
@@ -319,10 +325,8 @@ class SchemaDecoder:
 
     def _blank_tokens(self, vocab: int) -> torch.Tensor:
         if self._blank is None:
-            tok = self.codec.tokenizer
             blank = torch.zeros(vocab, dtype=torch.bool)
-            for i in range(min(vocab, len(tok))):
-                piece = tok.decode([i])
+            for i, piece in enumerate(self._pieces()[:vocab]):
                 blank[i] = not piece.strip() or piece.strip() == "\ufffd"
             self._blank = blank
         return self._blank
