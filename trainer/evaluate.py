@@ -118,11 +118,9 @@ def score(records: Sequence[Record], preds: Predictions, fields: Sequence[str]) 
         out["latency_ms"] = {"p50": round(_quantile(lat, 0.5), 1), "p95": round(_quantile(lat, 0.95), 1)}
         out["tickets_per_second"] = round(len(records) / preds.seconds, 3) if preds.seconds else None
     for name in fields:
-        idx = [i for i, r in enumerate(records) if name in r.get("labels", {})]
+        idx, gold, got = _gold_and_predicted(records, preds, name)
         if not idx:
             continue
-        gold = [records[i]["labels"][name] for i in idx]
-        got = [preds.labels[i].get(name, "<invalid>") for i in idx]
         labels = sorted(set(gold) | (set(got) - {"<invalid>"}))
         p, r, f, s = precision_recall_fscore_support(gold, got, labels=labels, zero_division=0)
         out["fields"][name] = {
@@ -140,6 +138,13 @@ def score(records: Sequence[Record], preds: Predictions, fields: Sequence[str]) 
             out["fields"][name]["coverage_curve"] = coverage_curve(
                 [g == o for g, o in zip(gold, got)], conf)
     return out
+
+
+def _gold_and_predicted(records: Sequence[Record], preds: Predictions, name: str
+                        ) -> tuple[list[int], list[str], list[str]]:
+    """Indices of the records labelled for `name`, their gold labels and the predictions ("<invalid>" if none)."""
+    idx = [i for i, r in enumerate(records) if name in r.get("labels", {})]
+    return idx, [records[i]["labels"][name] for i in idx], [preds.labels[i].get(name, "<invalid>") for i in idx]
 
 
 def coverage_curve(correct: Sequence[bool], confidence: Sequence[float]) -> list[dict[str, float]]:
@@ -191,11 +196,9 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], records: Seque
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     written.append(out / "metrics.json")
     for name in fields:
-        idx = [i for i, r in enumerate(records) if name in r.get("labels", {})]
+        idx, gold, got = _gold_and_predicted(records, model_preds, name)
         if not idx:
             continue
-        gold = [records[i]["labels"][name] for i in idx]
-        got = [model_preds.labels[i].get(name, "<invalid>") for i in idx]
         labels = sorted(set(gold) | set(got))
         cm = confusion_matrix(gold, got, labels=labels)
         size = max(4.0, 0.45 * len(labels) + 2)
