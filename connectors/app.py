@@ -21,8 +21,9 @@ from triage_core.queue import JobQueue
 from triage_core.store import Store
 from triage_core.triager import EmptyTicketError, TriageError, Triager
 
-from .base import Connector, WebhookRejected, load_connectors
+from .base import Connector, FieldChange, PollNow, TaxonomyChecked, WebhookRejected, load_connectors
 from .metrics import Metrics
+from .polling import start_pollers
 from .worker import WorkerContext, start_workers
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,13 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     queue = JobQueue.from_config(store, config["queue"])
     triager = triager or Triager.from_config(config)
     policy = Policy.from_config(config["policy"], triager.taxonomy)
-    connectors = dict(connectors) if connectors is not None else load_connectors(config, env)
+    if connectors is None:
+        connectors = load_connectors(config, env, triager.taxonomy)
+    else:
+        connectors = dict(connectors)
+        for conn in connectors.values():
+            if isinstance(conn, TaxonomyChecked):
+                conn.check_taxonomy(triager.taxonomy)
     metrics = Metrics(queue.depth)
     metrics.set_model(triager.model_info)
     api_token = env.get(server["api_token_env"], "")
@@ -61,6 +68,8 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     count = int(server["workers"]) if workers is None else workers
     threads, stop = start_workers(ctx, count) if count > 0 else ([], threading.Event())
     app.extensions["triage_workers"] = (threads, stop)
+    scheduler, pollers = start_pollers(connectors, store, queue, policy, start=count > 0)
+    app.extensions["triage_pollers"] = (scheduler, pollers)
 
     def require_token() -> tuple[Response, int] | None:
         if not api_token:
@@ -93,6 +102,15 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
             return _error(exc.status, exc.reason)
         events = []
         for ticket in tickets:
+            if isinstance(ticket, FieldChange):
+                events.append(record_change(ticket))
+                continue
+            if isinstance(ticket, PollNow):
+                runner = pollers.get(connector)
+                if runner is not None:
+                    runner.trigger()
+                events.append({"poll": runner is not None})
+                continue
             if not policy.filter.accepts(ticket):
                 events.append({"ref": ticket.ref, "filtered": True})
                 continue
@@ -103,6 +121,17 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
                            "duplicate": not res.created})
         log.info("webhook %s: %d event(s) accepted", connector, len(events))
         return jsonify({"accepted": events}), 202
+
+    def record_change(change: FieldChange) -> dict:
+        """A human edited a field: a correction when it overrides a value we wrote, otherwise nothing."""
+        written = store.written_value(change.connector, change.ref, change.field)
+        if written is None or change.new == written[1]:
+            return {"ref": change.ref, "field": change.field, "correction": False}
+        store.record_correction(change.connector, change.ref, change.field, written[1], change.new,
+                                result_id=written[0])
+        metrics.corrections.labels(change.connector, change.field).inc()
+        log.info("correction on %s %s: %s", change.connector, change.ref, change.field)
+        return {"ref": change.ref, "field": change.field, "correction": True}
 
     @app.post("/v1/triage")
     def triage():
@@ -164,6 +193,9 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
 def stop_workers(app: Flask, timeout: float = 10.0) -> None:
     """Stop the app's worker threads (they finish the batch in hand; leases cover anything cut short)."""
     threads, stop = app.extensions.get("triage_workers", ([], None))
+    scheduler, _ = app.extensions.get("triage_pollers", (None, {}))
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
     if stop is not None:
         stop.set()
     for t in threads:

@@ -2,7 +2,11 @@
 
 A connector is the only code that knows a vendor: it turns a webhook into `InboundTicket`s (after checking the
 webhook is authentic) and a `WritebackPlan` into vendor API calls. Everything else (queue, policy, triage) is
-vendor-agnostic. Connectors are found through the `ticket_triage.connectors` entry-point group, so a new ITSM is a
+vendor-agnostic. Beyond the two required methods a connector may offer optional capabilities, each a small protocol
+the composition root checks for: `TaxonomyChecked` (validate a field map at start-up), `TicketReader` (read the
+ticket back from the vendor before triage, for webhooks that are only hints), `Poller` (fetch new tickets on a
+schedule) and `ClosedTicketSource` (labelled history for retraining). A webhook may also report a `FieldChange` (a
+human edited a field) or a `PollNow` (run the poller now) besides tickets. Connectors are found through the `ticket_triage.connectors` entry-point group, so a new ITSM is a
 package that registers a factory, not a change here. `connectors.generic` is the reference implementation.
 """
 from __future__ import annotations
@@ -11,11 +15,12 @@ import email.utils
 import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Mapping, Protocol, Union, runtime_checkable
 
 from triage_core.config import ConfigError
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
+from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
 ENTRY_POINT_GROUP = "ticket_triage.connectors"
@@ -62,20 +67,84 @@ class WritebackOutcome:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class FieldChange:
+    """A human changed a triage field on a ticket (old and new are taxonomy labels, None when unset or unmapped).
+
+    The daemon records it as a correction, the retraining signal, when it had written that field itself."""
+
+    connector: str
+    ref: str
+    field: str
+    old: str | None
+    new: str | None
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class PollNow:
+    """An authentic webhook that only says "something changed": the daemon runs the connector's poll at once."""
+
+    connector: str
+
+
+#: What `parse_webhook` may return items of.
+WebhookEvent = Union[InboundTicket, FieldChange, PollNow]
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """New tickets from one poll, and the cursor to store once they are queued (None: keep the old one)."""
+
+    tickets: list[InboundTicket]
+    cursor: str | None
+
+
 @runtime_checkable
 class Connector(Protocol):
     """One ITSM. Implementations must be safe to call from several worker threads."""
 
     name: str
 
-    def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[InboundTicket]:
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[WebhookEvent]:
         """Verify authenticity first (constant-time), then parse; raise `WebhookRejected`.
 
-        May return several tickets (batched events) or none (an event that is not a new ticket)."""
+        May return several tickets (batched events) or none (an event that is not a new ticket), and
+        `FieldChange`/`PollNow` items where the connector supports them. Must answer fast: vendors time out."""
         ...
 
     def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
         """Write the plan to the ticket; raise `WritebackError` (retryable for 429, 5xx, connection errors)."""
+        ...
+
+
+@runtime_checkable
+class TaxonomyChecked(Protocol):
+    """Optional: a connector with a field map checks it against the taxonomy when the daemon starts."""
+
+    def check_taxonomy(self, taxonomy: Taxonomy) -> None:
+        """Raise `ConnectorConfigError` naming every taxonomy label the field map does not map."""
+        ...
+
+
+@runtime_checkable
+class TicketReader(Protocol):
+    """Optional: the worker reads the ticket from the vendor before triaging it, because the webhook that queued
+    it is not proof of its content (Zoho Desk signs the delivery, not the body) or carries only ids."""
+
+    def read_ticket(self, ticket: InboundTicket) -> InboundTicket:
+        """The ticket as the vendor has it now; raise `WritebackError` (404: permanent) like a write-back."""
+        ...
+
+
+@runtime_checkable
+class Poller(Protocol):
+    """Optional: a connector that fetches new tickets itself (ManageEngine ServiceDesk Plus)."""
+
+    poll_interval: float
+
+    def poll(self, cursor: str | None) -> PollResult:
+        """Tickets created after `cursor` (None: the connector's configured starting point), oldest first."""
         ...
 
 
@@ -116,11 +185,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def load_connectors(config: Any, env: Mapping[str, str]) -> dict[str, Connector]:
+def load_connectors(config: Any, env: Mapping[str, str], taxonomy: Taxonomy | None = None) -> dict[str, Connector]:
     """Instantiate every enabled connector (`connectors.enabled`) from its entry point, with its settings.
 
     `config` is a `Config` or a mapping with a `connectors` section. Raises `ConnectorConfigError` naming the key
-    when a connector is not installed, its settings are not a mapping, or its factory refuses them.
+    when a connector is not installed, its settings are not a mapping, its factory refuses them, or (given the
+    taxonomy) its field map leaves a label unmapped: a start-up error, not a surprise at the first write-back.
     """
     section = config["connectors"]
     enabled = section.get("enabled") or []
@@ -157,5 +227,7 @@ def load_connectors(config: Any, env: Mapping[str, str]) -> dict[str, Connector]
         if connector.name != name:
             raise ConnectorConfigError(f"connectors.enabled: entry point {name!r} built a connector named "
                                        f"{connector.name!r}; tickets would not find their way back")
+        if taxonomy is not None and isinstance(connector, TaxonomyChecked):
+            connector.check_taxonomy(taxonomy)
         out[name] = connector
     return out

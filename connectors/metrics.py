@@ -39,6 +39,8 @@ class Metrics:
                                         buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32), registry=r)
         self.writebacks = Counter("triage_writebacks_total", "Write-backs by outcome", ["connector", "outcome"],
                                   registry=r)
+        self.corrections = Counter("triage_corrections_total", "Human changes to fields the daemon wrote",
+                                   ["connector", "field"], registry=r)
         self.model_info = Gauge("triage_model_info", "The model serving triage (value 1)", ["base", "adapter"],
                                 registry=r)
         r.register(_QueueCollector(depth))

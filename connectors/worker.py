@@ -7,6 +7,7 @@ never writes back twice once a write-back is recorded as applied.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from triage_core.queue import ClaimedJob, JobQueue, LeaseLost
 from triage_core.store import Store
 from triage_core.triager import TriageError, TriageResult, Triager
 
-from .base import Connector, WritebackError
+from .base import Connector, TicketReader, WritebackError
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Worker(threading.Thread):
         ctx = self.ctx
         results: dict[int, tuple[int, TriageResult]] = {}
         fresh = []
+        jobs = [j for j in (self._read_back(j) for j in jobs) if j is not None]
         for job in jobs:
             stored = ctx.store.result_for_job(job.id)
             if stored is not None:
@@ -104,6 +106,23 @@ class Worker(threading.Thread):
         for job in jobs:
             if job.id in results:
                 self._write_back(job, *results[job.id])
+
+    def _read_back(self, job: ClaimedJob) -> ClaimedJob | None:
+        """For connectors whose webhooks are only hints, the ticket as the vendor has it now (None: failed)."""
+        connector = self.ctx.connectors.get(job.ticket.connector)
+        if not isinstance(connector, TicketReader) or self.ctx.store.writeback_applied(job.id):
+            return job
+        try:
+            ticket = connector.read_ticket(job.ticket)
+        except WritebackError as exc:
+            self._fail(job, f"reading the ticket back failed: {exc}", retry_after=exc.retry_after,
+                       permanent=not exc.retryable)
+            return None
+        except Exception as exc:
+            log.exception("%s: reading %s %s back crashed", self.name, job.ticket.connector, job.ticket.ref)
+            self._fail(job, f"reading the ticket back crashed: {exc!r}")
+            return None
+        return dataclasses.replace(job, ticket=ticket)
 
     def _triage_one(self, job: ClaimedJob) -> TriageResult | None:
         try:

@@ -212,6 +212,16 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None]
 
 
+class ConnectorCursor(Base):
+    """Where a polling connector got to (an opaque string it chose), so a restart neither misses nor repeats."""
+
+    __tablename__ = "connector_cursors"
+
+    connector: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 def migrations_dir() -> Path:
     """migrations/ of the source checkout, or of an installed copy under sys.prefix/share."""
     env = os.environ.get("TRIAGE_MIGRATIONS_DIR")
@@ -355,6 +365,35 @@ class Store:
             s.add(row)
             s.flush()
             return row.id
+
+    def save_cursor(self, connector: str, cursor: str) -> None:
+        """Store a polling connector's cursor (after the tickets it covers are queued)."""
+        with self.session() as s:
+            row = s.get(ConnectorCursor, connector)
+            if row is None:
+                s.add(ConnectorCursor(connector=connector, cursor=cursor))
+            else:
+                row.cursor = cursor
+                row.updated_at = utcnow()
+
+    def cursor(self, connector: str) -> str | None:
+        with self.session(readonly=True) as s:
+            row = s.get(ConnectorCursor, connector)
+            return None if row is None else row.cursor
+
+    def written_value(self, connector: str, ticket_ref: str, field: str) -> tuple[int | None, str] | None:
+        """(result id, value) of the last write-back that applied `field` to the ticket; None if we never did.
+
+        A human's later change to that field is a correction; a change to a field we never wrote is not."""
+        with self.session(readonly=True) as s:
+            rows = s.scalars(select(Writeback).where(Writeback.connector == connector,
+                                                     Writeback.ticket_ref == ticket_ref,
+                                                     Writeback.outcome == "applied")
+                             .order_by(Writeback.id.desc()).limit(20)).all()
+        for row in rows:
+            if field in (row.fields_sent or {}):
+                return row.result_id, str(row.fields_sent[field])
+        return None
 
     # -- the daemon's reads -------------------------------------------------------------------------------
 
