@@ -23,3 +23,65 @@ def triager(config):
 @pytest.fixture(scope="session")
 def taxonomy(triager):
     return triager.taxonomy
+
+
+class LiveDaemon:
+    """The real app (create_app: queue, workers, pollers, the session's real model) served over HTTP on
+    127.0.0.1 in this process, on a SQLite file. For end-to-end tests against fake vendors."""
+
+    def __init__(self, tmp_path: Path, triager, overrides: dict, env: dict[str, str], workers: int = 1):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        from connectors.app import create_app
+        from triage_core.store import Store
+
+        base = {"database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+                "queue": {"poll_interval_seconds": 0.1, "backoff_base_seconds": 0.2, "backoff_max_seconds": 1.0}}
+        for key, value in overrides.items():
+            base[key] = {**base.get(key, {}), **value}
+        self.config = load_config(env={}, overrides=base)
+        self.store = Store(self.config["database"]["url"])
+        self.app = create_app(self.config, triager=triager, store=self.store, env=env, workers=workers)
+        self.ctx = self.app.extensions["triage"]
+        self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_idle(self, done: int, dead: int = 0, timeout: float = 120) -> dict:
+        """Wait until `done` jobs are done (and `dead` dead) and none is queued or running."""
+        import time
+
+        deadline = time.time() + timeout
+        depth: dict = {}
+        while time.time() < deadline:
+            depth = self.ctx.queue.depth()
+            if depth.get("done", 0) >= done and depth.get("dead", 0) >= dead and not depth.get("queued") \
+                    and not depth.get("running"):
+                return depth
+            time.sleep(0.1)
+        raise AssertionError(f"jobs not finished in {timeout} s: {depth}")
+
+    def close(self) -> None:
+        from connectors.app import stop_workers
+
+        self.server.shutdown()
+        stop_workers(self.app)
+        self.store.dispose()
+
+
+@pytest.fixture
+def live_daemon(tmp_path, triager):
+    """Call with (overrides, env) to start a daemon; every one started is closed at the end of the test."""
+    started = []
+
+    def start(overrides: dict, env: dict[str, str], workers: int = 1) -> LiveDaemon:
+        daemon = LiveDaemon(tmp_path, triager, overrides, env, workers)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()
