@@ -114,7 +114,7 @@ def test_migrations_create_exactly_the_orm_schema_and_rerun_is_a_noop(tmp_path):
     try:
         got, want = _schema(store.engine), _schema(reference)
         assert set(got) == {"inbound_events", "jobs", "triage_results", "writebacks", "corrections",
-                            "model_versions", "connector_cursors"}
+                            "model_versions", "connector_cursors", "locks", "retrain_runs"}
         assert got == want
         assert ("ix_jobs_state_next_attempt_at", ("state", "next_attempt_at"), False) in got["jobs"]["indexes"]
         assert ("uq_inbound_events_connector_ticket_ref_event_key", ("connector", "ticket_ref", "event_key")) \
@@ -123,7 +123,7 @@ def test_migrations_create_exactly_the_orm_schema_and_rerun_is_a_noop(tmp_path):
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     Base.metadata) == []
             before = conn.execute(text("SELECT type, name, sql FROM sqlite_master ORDER BY name")).all()
-        assert store.current_revision() == "0002"
+        assert store.current_revision() == "0003"
         store.upgrade()
         store.upgrade()
         with store.engine.connect() as conn:
@@ -162,7 +162,7 @@ def test_postgresql_schema_matches_the_orm():
     upgrade(PG_URL)
     store = Store(PG_URL)
     try:
-        assert store.current_revision() == "0002" and store.ping()
+        assert store.current_revision() == "0003" and store.ping()
         with store.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     Base.metadata) == []

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 JOB_STATES = ("queued", "running", "done", "dead")
 WRITEBACK_OUTCOMES = ("applied", "shadow", "skipped", "failed", "filtered")
 MODEL_STATUSES = ("champion", "challenger", "retired")
+RUN_STATES = ("running", "promoted", "kept", "failed", "dry-run")
 
 # SQLite waits this long for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -220,6 +221,36 @@ class ConnectorCursor(Base):
     connector: Mapped[str] = mapped_column(String(64), primary_key=True)
     cursor: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class LockRow(Base):
+    """A named lock shared by every instance on the database; it expires so a crashed holder frees it."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
+class RetrainRun(Base):
+    """One retraining run: what it gathered and dropped, both models' metrics, the decision and why."""
+
+    __tablename__ = "retrain_runs"
+    __table_args__ = (CheckConstraint(f"state IN ({_in(RUN_STATES)})", name="state"), Index(None, "started_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    owner: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    # The window gathered: closed tickets after `since` (the previous successful run's start).
+    since: Mapped[datetime | None]
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    decision: Mapped[str | None] = mapped_column(Text)
+    challenger_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
 
 
 def migrations_dir() -> Path:
