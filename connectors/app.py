@@ -18,12 +18,14 @@ from werkzeug.exceptions import HTTPException
 from triage_core.config import Config, load_config
 from triage_core.policy import Policy
 from triage_core.queue import JobQueue
+from triage_core.registry import ModelRegistry
 from triage_core.store import Store
 from triage_core.triager import EmptyTicketError, TriageError, Triager
 
 from .base import Connector, FieldChange, PollNow, TaxonomyChecked, WebhookRejected, load_connectors
 from .metrics import Metrics
 from .polling import start_pollers
+from .reload import ModelWatcher
 from .worker import WorkerContext, start_workers
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,14 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     app.extensions["triage_workers"] = (threads, stop)
     scheduler, pollers = start_pollers(connectors, store, queue, policy, start=count > 0)
     app.extensions["triage_pollers"] = (scheduler, pollers)
+    watcher = ModelWatcher(ctx, ModelRegistry(store), lambda m: Triager.from_config(config, adapter=m.adapter_path),
+                           interval=float(config["model"]["reload_seconds"]), on_swap=lambda t: metrics.set_model(
+                               t.model_info))
+    app.extensions["triage_watcher"] = watcher
+    if count > 0 and watcher.interval > 0:
+        watcher.check()  # serve the recorded champion from the start, not the configured adapter
+        watcher.start()
+    app.extensions["triage_nightly"] = schedule_retraining(config, store, connectors) if count > 0 else None
 
     def require_token() -> tuple[Response, int] | None:
         if not api_token:
@@ -142,7 +152,7 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
             return _error(400, 'expected a JSON object {"text": "..."}')
         try:
-            result = triager.triage(data["text"])
+            result = ctx.triager.triage(data["text"])
         except EmptyTicketError:
             return _error(400, "empty text, nothing to triage")
         except TriageError as exc:
@@ -176,10 +186,10 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
 
     @app.get("/readyz")
     def readyz():
-        checks = {"database": store.ping(), "model": triager is not None,
+        checks = {"database": store.ping(), "model": ctx.triager is not None,
                   "workers": all(t.is_alive() for t in threads), "connectors": sorted(connectors)}
         ok = checks["database"] and checks["model"] and checks["workers"]
-        return jsonify({"ready": ok, **checks, "model_info": triager.model_info}), (200 if ok else 503)
+        return jsonify({"ready": ok, **checks, "model_info": ctx.triager.model_info}), (200 if ok else 503)
 
     @app.get("/metrics")
     def prometheus():
@@ -190,10 +200,41 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     return app
 
 
+def schedule_retraining(config: Config, store: Store, connectors: Mapping[str, Connector]):
+    """The nightly retraining job (retrain.cron) when retrain.enabled; every instance schedules it, the database
+    lock lets one run and the others skip. Returns the started scheduler, or None."""
+    if not config["retrain"]["enabled"]:
+        return None
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    from trainer.retrain import Retrainer  # the daemon is the composition root: it wires the trainer in
+    from triage_core.registry import LockHeld
+
+    def run() -> None:
+        try:
+            Retrainer(config, store, connectors).run()
+        except LockHeld as exc:
+            log.info("nightly retraining skipped: %s", exc)
+        except Exception:
+            log.exception("nightly retraining failed (recorded in retrain_runs)")
+
+    scheduler = BackgroundScheduler()
+    scheduler.add_job(run, CronTrigger.from_crontab(config["retrain"]["cron"]), id="retrain", max_instances=1,
+                      coalesce=True)
+    scheduler.start()
+    return scheduler
+
+
 def stop_workers(app: Flask, timeout: float = 10.0) -> None:
     """Stop the app's worker threads (they finish the batch in hand; leases cover anything cut short)."""
     threads, stop = app.extensions.get("triage_workers", ([], None))
     scheduler, _ = app.extensions.get("triage_pollers", (None, {}))
+    watcher = app.extensions.get("triage_watcher")
+    if watcher is not None:
+        watcher.stop.set()
+    if app.extensions.get("triage_nightly") is not None:
+        app.extensions["triage_nightly"].shutdown(wait=False)
     if scheduler is not None:
         scheduler.shutdown(wait=False)
     if stop is not None:

@@ -78,6 +78,7 @@ class Worker(threading.Thread):
         results: dict[int, tuple[int, TriageResult]] = {}
         fresh = []
         jobs = [j for j in (self._read_back(j) for j in jobs) if j is not None]
+        triager = ctx.triager  # the whole batch uses one model, even if a hot reload swaps it meanwhile
         for job in jobs:
             stored = ctx.store.result_for_job(job.id)
             if stored is not None:
@@ -87,12 +88,12 @@ class Worker(threading.Thread):
         if fresh:
             try:
                 t0 = time.perf_counter()
-                triaged = ctx.triager.triage_many([j.ticket.text for j in fresh])
+                triaged = triager.triage_many([j.ticket.text for j in fresh])
                 per_ticket = (time.perf_counter() - t0) / len(fresh)
                 for _ in fresh:
                     ctx.metrics.triage_latency.observe(per_ticket)
             except TriageError:
-                triaged = [self._triage_one(j) for j in fresh]
+                triaged = [self._triage_one(triager, j) for j in fresh]
             except Exception as exc:
                 for j in fresh:
                     self._fail(j, f"triage failed: {exc}")
@@ -124,9 +125,9 @@ class Worker(threading.Thread):
             return None
         return dataclasses.replace(job, ticket=ticket)
 
-    def _triage_one(self, job: ClaimedJob) -> TriageResult | None:
+    def _triage_one(self, triager: Triager, job: ClaimedJob) -> TriageResult | None:
         try:
-            return self.ctx.triager.triage(job.ticket.text)
+            return triager.triage(job.ticket.text)
         except TriageError as exc:
             self._fail(job, f"triage failed: {exc}", permanent=True)
             return None

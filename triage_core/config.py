@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "load_in_4bit": False,
         "threads": 2,
         "cache_dir": "~/.cache/ticket-triage",
+        # How often a running daemon checks the database for a newly promoted adapter (0: never).
+        "reload_seconds": 30.0,
     },
     "decoding": {
         "max_ticket_tokens": 768,
@@ -102,6 +104,36 @@ DEFAULTS: dict[str, Any] = {
         "explicit_fraction": 0.2,
         "save_every": 100,
         "eval_limit": 200,
+    },
+    "retrain": {
+        # Nightly retraining inside the daemon (APScheduler cron, the daemon's local time zone).
+        "enabled": False,
+        "cron": "0 2 * * *",
+        # The first run gathers tickets closed this many days back; later runs start where the last one did.
+        "lookback_days": 90,
+        # Optional folder of exports: *.jsonl in the record shape, or CSV/JSONL through drop_map (a --map-file).
+        "drop_folder": None,
+        "drop_map": None,
+        # The newest tickets held out as the test slice: this share, at least min_holdout of them.
+        "holdout_fraction": 0.2,
+        "min_holdout": 10,
+        # Fewer records than this: no training, the champion stays.
+        "min_records": 30,
+        # Promote when no field's macro-F1 is lower than the champion's by more than this, and validity is 100%.
+        "margin": 0.02,
+        # Labels with fewer real examples than min_per_label get up to synthetic_per_label synthetic ones.
+        "min_per_label": 5,
+        "synthetic_per_label": 5,
+        # Training budget of one run (max_steps 0: epochs over the gathered data), from the champion's weights.
+        "max_steps": 0,
+        "epochs": 1.0,
+        # The training child process: torch threads and nice level, so serving keeps its latency.
+        "threads": 1,
+        "nice": 10,
+        # Challenger adapters and each run's gathered (redacted) data, relative to the config folder.
+        "output_dir": "~/.cache/ticket-triage/challengers",
+        # The lock expires after this long if its holder dies.
+        "lock_hours": 6.0,
     },
 }
 

@@ -1,0 +1,527 @@
+"""Jira Cloud and Jira Service Management: issue webhooks in, one issue edit and one internal comment out.
+
+Webhooks (register `https://<daemon>/webhooks/jira` for `jira:issue_created` and `jira:issue_updated`): an admin
+webhook with a secret is signed `X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>`. Unsigned webhooks
+(Connect/OAuth apps, automation) are refused unless `allow_unsigned_with_url_secret` is on and the URL carries
+`?secret=<url secret>`. `X-Atlassian-Webhook-Identifier` (the same on Jira's retries) is the idempotency key.
+A created issue becomes a ticket; an update never re-triages (no surprise re-writes): a human's change to a
+field we write becomes `FieldChange`s (corrections), and the daemon's own edits (`bot_account_id`) are ignored.
+
+Where each taxonomy field lives in Jira is `targets` (field -> `priority` | `components` | `labels` |
+`customfield_N` (a select list; a cascading select when another field is its `child`) | `child`); the values
+come from `field_map` (connectors/fieldmap.py). Write-back is `PUT /rest/api/3/issue/{key}` with only the
+applied fields plus the review marker as an added label, then one internal comment: the JSM property
+`sd.public.comment: {internal: true}` (`internal_comment: jsm`) or a role/group restriction (`plain`).
+Closed tickets for retraining come from `POST /rest/api/3/search/jql`, paged by `nextPageToken`.
+
+Auth: `email` + API token (`api_token_env`, basic) or an OAuth 2.0 access token (`oauth_token_env`, bearer,
+with `base_url` https://api.atlassian.com/ex/jira/<cloud id>). A bearer is not refreshed here: a 401 is final.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import re
+import threading
+from collections import OrderedDict
+from datetime import date, datetime, timezone
+from typing import Any, Iterator, Mapping
+
+from triage_core.policy import WritebackPlan
+from triage_core.queue import InboundTicket
+from triage_core.taxonomy import Taxonomy
+from triage_core.triager import TriageResult
+
+from .base import ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header
+from .fieldmap import FieldMap
+from .http import StaticAuth, VendorClient
+
+log = logging.getLogger(__name__)
+
+NAME = "jira"
+KEY = f"connectors.settings.{NAME}"
+SIGNATURE_HEADER = "X-Hub-Signature"
+IDENTIFIER_HEADER = "X-Atlassian-Webhook-Identifier"
+CREATED, UPDATED = "jira:issue_created", "jira:issue_updated"
+DEFAULTS: dict[str, Any] = {
+    "base_url": None, "email": None, "api_token_env": "TRIAGE_JIRA_API_TOKEN", "oauth_token_env": None,
+    "secret_env": "TRIAGE_JIRA_WEBHOOK_SECRET", "allow_unsigned_with_url_secret": False,
+    "url_secret_env": "TRIAGE_JIRA_URL_SECRET", "bot_account_id": None,
+    "field_map": {}, "targets": {"priority": "priority", "category": "components"},
+    "priority_by": "name", "option_by": "value",
+    "human_set_fields": ["category", "subcategory", "assignment_group"], "default_priority": "Medium",
+    "internal_comment": "jsm", "comment_visibility": None,
+    "closed_jql": None, "closed_days": 90, "page_size": 100, "timeout": 10.0,
+}
+_CUSTOM = re.compile(r"^customfield_\d+$")
+_ISSUE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}-\d{1,12}$")
+_CASCADE = re.compile(r"Parent values:\s*(.*?)\((\d+)\)(?:\s*Level 1 values:\s*(.*?)\((\d+)\))?", re.S)
+_MAX_BODY = 4 * 1024 * 1024
+_MAX_TEXT = 100_000
+_MAX_DEPTH = 64
+_MAX_IDENTIFIER = 200
+_DONE_MEMORY = 2048
+
+
+class JiraConnector:
+    """One Jira site. Thread-safe: settings are read-only; the write-back step memory is under a lock."""
+
+    name = NAME
+
+    def __init__(self, client: VendorClient, field_map: FieldMap, targets: Mapping[str, str], *,
+                 secret: bytes | None, url_secret: bytes | None = None, bot_account_id: str | None = None,
+                 priority_by: str = "name", option_by: str = "value", human_set_fields: tuple[str, ...] = (),
+                 default_priority: str | None = None, internal_comment: str = "jsm",
+                 comment_visibility: Mapping[str, str] | None = None, closed_jql: str | None = None,
+                 closed_days: int = 90, page_size: int = 100):
+        self.client = client
+        self.field_map = field_map
+        self.targets = dict(targets)
+        self._secret, self._url_secret = secret, url_secret
+        self.bot_account_id = bot_account_id
+        self.priority_by, self.option_by = priority_by, option_by
+        self.human_set_fields, self.default_priority = tuple(human_set_fields), default_priority
+        self.internal_comment, self.comment_visibility = internal_comment, comment_visibility
+        self.closed_jql, self.closed_days, self.page_size = closed_jql, closed_days, page_size
+        self._parents = {"subcategory": "category"}  # child field -> parent; the taxonomy's own at check time
+        self._taxonomy: Taxonomy | None = None  # known after check_taxonomy: labels are then checked against it
+        self._done: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never a secret
+        return f"JiraConnector({self.client.base_url!r}, targets={self.targets})"
+
+    # -- start-up ----------------------------------------------------------------------------------------------
+
+    def check_taxonomy(self, taxonomy: Taxonomy) -> None:
+        """Every label of every mapped field must map, each mapped field needs a target, labels no spaces."""
+        self.field_map.check(taxonomy)
+        problems = []
+        self._parents = {f.name: f.parent for f in taxonomy.enum_fields if f.parent}
+        for name in self.field_map.names:
+            target = self.targets.get(name)
+            if target is None:
+                problems.append(f"{KEY}.targets.{name}: missing (field_map maps it, so it must be written somewhere)")
+            elif target == "child" and not _CUSTOM.match(self.targets.get(self._parents.get(name) or "", "")):
+                problems.append(f"{KEY}.targets.{name}: 'child' needs its parent field on a cascading custom field")
+            elif target == "labels":
+                for label in taxonomy[name].values:
+                    value = str(self.field_map.vendor(name, label, parent=_any_parent(taxonomy, name, label)))
+                    if not value or len(value.split()) != 1:
+                        problems.append(f"{KEY}.field_map.{name}.{label}: a Jira label cannot contain spaces")
+        if problems:
+            raise ConnectorConfigError("; ".join(problems))
+        self._taxonomy = taxonomy
+
+    # -- webhooks ----------------------------------------------------------------------------------------------
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[WebhookEvent]:
+        """Authenticate first (constant time), then parse; a created issue is a ticket, an update FieldChanges."""
+        self._authenticate(body, header(headers, SIGNATURE_HEADER), query.get("secret"))
+        if len(body) > _MAX_BODY:
+            raise WebhookRejected(413, f"body larger than {_MAX_BODY} bytes")
+        content_type = (header(headers, "Content-Type") or "application/json").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise WebhookRejected(415, f"expected application/json, got {content_type}")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise WebhookRejected(400, "malformed JSON: nested too deeply") from None
+        if not isinstance(data, dict):
+            raise WebhookRejected(400, "expected a JSON object")
+        event = data.get("webhookEvent")
+        if event not in (CREATED, UPDATED):
+            log.debug("jira webhook %r ignored", event)
+            return []
+        issue = data.get("issue")
+        if not isinstance(issue, dict) or not isinstance(issue.get("fields"), dict):
+            raise WebhookRejected(400, "issue: expected an object with fields")
+        key = issue.get("key")
+        if not isinstance(key, str) or not _ISSUE_KEY.match(key):
+            raise WebhookRejected(400, "issue.key: expected an issue key such as IT-42")
+        user = data.get("user") if isinstance(data.get("user"), dict) else {}
+        actor = user.get("accountId") if isinstance(user.get("accountId"), str) else None
+        if event == UPDATED:
+            if self.bot_account_id and actor == self.bot_account_id:
+                return []  # our own write-back echoed back
+            changelog = data.get("changelog") or {}
+            items = changelog.get("items") if isinstance(changelog, dict) else None
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise WebhookRejected(400, "changelog.items: expected a list of objects")
+            return list(self._changes(key, items, actor))
+        fields = issue["fields"]
+        text = _text(fields)
+        if not text.strip():
+            raise WebhookRejected(400, "issue has neither summary nor description")
+        identifier = (header(headers, IDENTIFIER_HEADER) or "").strip()
+        if len(identifier) > _MAX_IDENTIFIER or any(ord(c) < 32 for c in identifier):
+            raise WebhookRejected(400, f"{IDENTIFIER_HEADER}: at most {_MAX_IDENTIFIER} printable characters")
+        current = {n: v for n, v in self._labels_of(fields).items() if n in self.human_set_fields
+                   and not (n == "priority" and v == self.default_priority)}
+        return [InboundTicket(connector=NAME, ref=key, event_key=identifier or hashlib.sha256(body).hexdigest(),
+                              text=text, project=_name(fields.get("project"), "key"),
+                              ticket_type=_name(fields.get("issuetype"), "name"), current=current,
+                              extra={"id": str(issue.get("id") or "")})]
+
+    def _authenticate(self, body: bytes, signature: str | None, url_secret: str | None) -> None:
+        if signature:
+            if self._secret is None:
+                raise WebhookRejected(401, f"signed webhook but no secret configured ({KEY}.secret_env)")
+            expected = ("sha256=" + hmac.new(self._secret, body, hashlib.sha256).hexdigest()).encode("ascii")
+            if not hmac.compare_digest(expected, signature.strip().lower().encode("utf-8", "replace")):
+                raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the body")
+        elif self._url_secret is None:
+            raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
+        elif not hmac.compare_digest(self._url_secret, (url_secret or "").encode("utf-8", "replace")):
+            raise WebhookRejected(401, f"unsigned webhook without the right ?secret= ({SIGNATURE_HEADER} missing)")
+
+    def _changes(self, ref: str, items: list[dict], actor: str | None) -> Iterator[FieldChange]:
+        """One FieldChange per taxonomy field whose Jira field the changelog touches (items are aggregated:
+        Jira logs a component swap as a removal and an addition)."""
+        seen: dict[str, list[str | None]] = {}
+        for item in items:
+            jira_field = item.get("fieldId") or item.get("field")
+            for name, target in self.targets.items():
+                if name not in self.field_map or target != jira_field and not (
+                        target == "child" and self.targets.get(self._parents.get(name) or "") == jira_field):
+                    continue
+                old, new = (self._change_value(name, target, item, side) for side in ("from", "to"))
+                pair = seen.setdefault(name, [None, None])
+                pair[0], pair[1] = pair[0] or old, pair[1] or new
+        for name, (old, new) in seen.items():
+            if old != new:
+                yield FieldChange(NAME, ref, name, old, new, actor)
+
+    def _change_value(self, name: str, target: str, item: Mapping[str, Any], side: str) -> str | None:
+        raw, shown = item.get(side), item.get(side + "String")
+        if target == "priority":
+            return self._label(name, raw if self.priority_by == "id" else shown)
+        if target == "components":
+            return self._label(name, shown)
+        if target == "labels":  # fromString/toString list the labels, space-separated
+            return next((lab for v in str(shown or "").split() if (lab := self._label(name, v))), None)
+        match = _CASCADE.search(str(shown or ""))
+        if not match:  # a plain select list: the option id in from/to, its value in fromString/toString
+            return self._label(name, raw if self.option_by == "id" else shown)
+        parent = self._label(self._parents.get(name, name) if target == "child" else name,
+                             match[2] if self.option_by == "id" else match[1])
+        if target != "child":
+            return parent
+        return self._label(name, match[4] if self.option_by == "id" else match[3], parent) if match[3] else None
+
+    # -- reading Jira values back to labels --------------------------------------------------------------------
+
+    def _label(self, name: str, value: Any, parent: str | None = None) -> str | None:
+        """A taxonomy label for a Jira value, never a value outside the taxonomy (once it is known)."""
+        if isinstance(value, (dict, list)):
+            return None
+        label = self.field_map.label(name, value, parent=parent)
+        if label is None or self._taxonomy is None:
+            return label
+        allowed = self._taxonomy[name].values if name in self._taxonomy else ()
+        return next((a for a in allowed if a.casefold() == label.casefold()), None)
+
+    def _labels_of(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        """Taxonomy labels of the issue's mapped fields (closed tickets, fields a human already set)."""
+        out: dict[str, str] = {}
+        for name, target in self.targets.items():
+            if name not in self.field_map or target == "child":
+                continue
+            raw = fields.get(target)
+            if target == "priority":
+                label = self._label(name, _name(raw, self.priority_by))
+            elif target in ("components", "labels"):
+                values = [_name(v, "name") if target == "components" else v for v in raw or [] if v]
+                label = next((lab for v in values if (lab := self._label(name, v))), None)
+            else:
+                label = self._label(name, _name(raw, self.option_by))
+                for child, parent in self._parents.items():
+                    if parent == name and self.targets.get(child) == "child" and child in self.field_map and label:
+                        sub = self._label(child, _name((raw or {}).get("child"), self.option_by), label)
+                        if sub:
+                            out[child] = sub
+            if label:
+                out[name] = label
+        for child, parent in self._parents.items():  # a subcategory only under the category it belongs to
+            tax = self._taxonomy
+            if child in out and tax is not None and out[child] not in tax[child].children.get(out.get(parent), ()):
+                del out[child]
+        return out
+
+    # -- write-back --------------------------------------------------------------------------------------------
+
+    def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
+        """One PUT with the applied fields and the review label (skipped when empty), then one internal comment.
+
+        Steps that succeeded are remembered per event, so a retry after a failed comment does not edit again,
+        and one after a lost answer to the edit does not post a second comment."""
+        if plan.shadow:
+            return WritebackOutcome("shadow", None, "shadow mode: nothing written")
+        path = f"/rest/api/3/issue/{ticket.ref}"
+        done_key = (ticket.ref, ticket.event_key)
+        with self._lock:
+            done = set(self._done.get(done_key, ()))
+        edit, status = self._edit(ticket, plan), None
+        if edit and "edit" not in done:
+            status = self.client.request("PUT", path, json_body=edit).status_code
+            self._mark(done_key, "edit")
+        if "comment" not in done:
+            comment: dict[str, Any] = {"body": _adf_doc(plan.note or "Triaged by ticket-triage.")}
+            if self.internal_comment == "jsm":
+                comment["properties"] = [{"key": "sd.public.comment", "value": {"internal": True}}]
+            else:
+                comment["visibility"] = dict(self.comment_visibility or {})
+            status = self.client.request("POST", path + "/comment", json_body=comment).status_code
+            self._mark(done_key, "comment")
+        written = ", ".join(sorted(edit.get("fields", {}))) or "no field"
+        return WritebackOutcome("applied", status, f"{written} written, internal comment posted")
+
+    def _mark(self, key: tuple[str, str], step: str) -> None:
+        with self._lock:
+            self._done.setdefault(key, set()).add(step)
+            self._done.move_to_end(key)
+            while len(self._done) > _DONE_MEMORY:
+                self._done.popitem(last=False)
+
+    def _edit(self, ticket: InboundTicket, plan: WritebackPlan) -> dict[str, Any]:
+        """The PUT body: Jira's `fields` (set) and `update` (labels added) for the applied, mapped fields."""
+        fields: dict[str, Any] = {}
+        labels: list[str] = []
+        for name, label in plan.apply.items():
+            target = self.targets.get(name)
+            if name not in self.field_map or target in (None, "child"):
+                continue
+            parent = self._parents.get(name)
+            try:
+                value = str(self.field_map.vendor(name, label, parent=plan.apply.get(parent) or
+                                                  ticket.current.get(parent or "")))
+            except KeyError:  # a nested map with no parent value on the ticket: nothing sensible to write
+                continue
+            if target == "priority":
+                fields["priority"] = {self.priority_by: value}
+            elif target == "components":
+                fields["components"] = [{"name": value}]
+            elif target == "labels":
+                labels.append(value)
+            else:
+                fields[target] = {self.option_by: value}
+        for child, parent in self._parents.items():
+            cascade = self.targets.get(parent, "")
+            if child not in plan.apply or self.targets.get(child) != "child" or child not in self.field_map:
+                continue
+            parent_label = plan.apply.get(parent) or ticket.current.get(parent)
+            if not parent_label or not _CUSTOM.match(cascade) or parent not in self.field_map:
+                continue
+            option = fields.setdefault(cascade, {self.option_by: str(self.field_map.vendor(parent, parent_label))})
+            option["child"] = {self.option_by: str(self.field_map.vendor(child, plan.apply[child], parent_label))}
+        if plan.needs_review and plan.review_marker:
+            labels.append(plan.review_marker)
+        body: dict[str, Any] = {"fields": fields} if fields else {}
+        if labels:
+            body["update"] = {"labels": [{"add": label} for label in dict.fromkeys(labels)]}
+        return body
+
+    # -- closed tickets ----------------------------------------------------------------------------------------
+
+    def closed_tickets(self, since: Any = None) -> Iterator[dict]:
+        """Labelled-ticket records (DESIGN.md) of issues resolved since `since` (a datetime, date, ISO string,
+        or a number of days; None: `closed_days`), oldest first. Needs `check_taxonomy` first, so that no label
+        outside the taxonomy is kept."""
+        if self._taxonomy is None:
+            raise RuntimeError("JiraConnector.closed_tickets: call check_taxonomy(taxonomy) first")
+        jql = f"({self.closed_jql}) AND {_resolved_since(since, self.closed_days)}" if self.closed_jql \
+            else _resolved_since(since, self.closed_days)
+        wanted = ["summary", "description", "resolutiondate", "project", "issuetype"]
+        wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
+        token: str | None = None
+        while True:
+            request: dict[str, Any] = {"jql": jql + " ORDER BY resolved ASC", "fields": wanted,
+                                       "maxResults": self.page_size}
+            if token:
+                request["nextPageToken"] = token
+            page = self.client.json("POST", "/rest/api/3/search/jql", json_body=request) or {}
+            for issue in page.get("issues") or []:
+                fields = issue.get("fields") or {}
+                text = _text(fields)
+                if text.strip() and isinstance(issue.get("key"), str):
+                    record = {"id": issue["key"], "text": text, "labels": self._labels_of(fields), "source": NAME}
+                    if isinstance(fields.get("resolutiondate"), str):
+                        record["closed_at"] = _iso(fields["resolutiondate"])
+                    yield record
+            previous, token = token, page.get("nextPageToken")
+            if page.get("isLast") or not token or token == previous:
+                return
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+def _name(value: Any, key: str) -> str | None:
+    """`value[key]` of a Jira object ({"name": ...}, {"value": ..., "id": ...}), or None."""
+    if isinstance(value, dict) and isinstance(value.get(key), (str, int)) and not isinstance(value.get(key), bool):
+        return str(value[key])
+    return None
+
+
+def _text(fields: Mapping[str, Any]) -> str:
+    summary = fields.get("summary") if isinstance(fields.get("summary"), str) else ""
+    description = fields.get("description")
+    body = description if isinstance(description, str) else adf_to_text(description)
+    return "\n\n".join(p for p in (summary.strip(), body.strip()) if p)[:_MAX_TEXT]
+
+
+_BLOCK_JOIN = {"doc": "\n\n", "blockquote": "\n\n", "panel": "\n\n", "listItem": "\n", "expand": "\n\n",
+               "table": "\n", "tableRow": " | ", "tableCell": "\n", "tableHeader": "\n", "layoutSection": "\n\n",
+               "layoutColumn": "\n\n", "nestedExpand": "\n\n", "bodiedExtension": "\n\n"}
+
+
+def adf_to_text(node: Any, depth: int = 0) -> str:
+    """Atlassian Document Format flattened to plain text: blocks on their own lines, list items bulleted or
+    numbered, mentions as their display text, hard breaks as newlines; media and unknown leaves are dropped."""
+    if not isinstance(node, dict) or depth > _MAX_DEPTH:
+        return ""
+    kind, attrs = node.get("type"), node.get("attrs") if isinstance(node.get("attrs"), dict) else {}
+    if kind == "text":
+        return node.get("text") if isinstance(node.get("text"), str) else ""
+    if kind == "hardBreak":
+        return "\n"
+    if kind in ("mention", "emoji", "status", "date", "inlineCard", "blockCard"):
+        value = attrs.get("text") or attrs.get("shortName") or attrs.get("url") or attrs.get("timestamp") or ""
+        return str(value)
+    content = node.get("content") if isinstance(node.get("content"), list) else []
+    parts = [adf_to_text(child, depth + 1) for child in content]
+    if kind in ("bulletList", "orderedList"):
+        start = attrs.get("order") if isinstance(attrs.get("order"), int) else 1
+        marks = [f"{start + i}. " if kind == "orderedList" else "- " for i in range(len(parts))]
+        return "\n".join(m + p.replace("\n", "\n  ") for m, p in zip(marks, parts) if p.strip())
+    if kind in _BLOCK_JOIN:
+        return _BLOCK_JOIN[kind].join(p for p in parts if p.strip())
+    return "".join(parts)  # paragraph, heading, codeBlock and other inline containers
+
+
+def _adf_doc(text: str) -> dict[str, Any]:
+    """Plain text as an ADF document: one paragraph per line block (ADF has no empty text nodes)."""
+    paragraphs = [p for p in text.split("\n") if p.strip()] or ["-"]
+    return {"type": "doc", "version": 1,
+            "content": [{"type": "paragraph", "content": [{"type": "text", "text": p}]} for p in paragraphs]}
+
+
+def _any_parent(taxonomy: Taxonomy, name: str, label: str) -> str | None:
+    f = taxonomy[name]
+    return next((p for p, values in f.children.items() if label in values), None) if f.parent else None
+
+
+def _resolved_since(since: Any, days: int) -> str:
+    """The JQL clause for "resolved since". JQL reads dates in the API user's time zone, so a datetime is
+    sent in UTC only when it has a zone; prefer days for overlap-tolerant imports."""
+    if since is None:
+        return f"resolved >= -{days}d"
+    if isinstance(since, bool) or not isinstance(since, (int, float, str, date)):
+        raise TypeError(f"since: expected a datetime, date, ISO string or days, got {type(since).__name__}")
+    if isinstance(since, (int, float)):
+        return f"resolved >= -{max(0, math.ceil(since))}d"
+    if isinstance(since, str):
+        since = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+    if isinstance(since, datetime):
+        if since.tzinfo is not None:
+            since = since.astimezone(timezone.utc)
+        return f'resolved >= "{since:%Y-%m-%d %H:%M}"'
+    return f'resolved >= "{since:%Y-%m-%d}"'
+
+
+def _iso(value: str) -> str:
+    try:
+        return datetime.fromisoformat(value).isoformat()
+    except ValueError:
+        return value
+
+
+def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConnector:
+    """The entry-point factory: settings from connectors.settings.jira, secrets from the environment."""
+    for name in settings:
+        if name not in DEFAULTS:
+            raise ConnectorConfigError(f"{KEY}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
+    s = {**DEFAULTS, **settings}
+
+    def text(name: str, required: bool = False) -> str | None:
+        value = s[name]
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConnectorConfigError(f"{KEY}.{name}: expected a non-empty string, got {value!r}")
+        return value.strip()
+
+    def secret(name: str, why: str) -> str:
+        var = text(name, required=True)
+        value = env.get(var, "")
+        if not value:
+            raise ConnectorConfigError(f"{KEY}.{name}: environment variable {var} is not set; {why}")
+        return value
+
+    def choice(name: str, allowed: tuple[str, ...]) -> str:
+        if s[name] not in allowed:
+            raise ConnectorConfigError(f"{KEY}.{name}: expected one of {', '.join(allowed)}, got {s[name]!r}")
+        return s[name]
+
+    def number(name: str, integer: bool) -> Any:
+        value = s[name]
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                or not 0 < value < math.inf:
+            raise ConnectorConfigError(f"{KEY}.{name}: expected a positive {'integer' if integer else 'number'}, "
+                                       f"got {value!r}")
+        return value
+
+    base_url = text("base_url", required=True)
+    if text("oauth_token_env"):
+        auth = StaticAuth.bearer(secret("oauth_token_env", "it holds the OAuth 2.0 access token"))
+    else:
+        email = text("email")
+        if email is None:
+            raise ConnectorConfigError(f"{KEY}.email: required for API-token auth (or set oauth_token_env)")
+        auth = StaticAuth.basic(email, secret("api_token_env", "it holds the Atlassian API token for " + email))
+    unsigned = s["allow_unsigned_with_url_secret"]
+    if not isinstance(unsigned, bool):
+        raise ConnectorConfigError(f"{KEY}.allow_unsigned_with_url_secret: expected true or false")
+    hook_var = text("secret_env", required=True)
+    if not unsigned or env.get(hook_var):
+        hook_secret: str | None = secret("secret_env", "the connector needs it to verify webhook signatures")
+    else:
+        hook_secret = None
+    url_secret = secret("url_secret_env", "allow_unsigned_with_url_secret needs it") if unsigned else None
+
+    raw_targets = s["targets"]
+    if not isinstance(raw_targets, Mapping):
+        raise ConnectorConfigError(f"{KEY}.targets: expected a mapping of taxonomy field to Jira field")
+    targets = {k: v for k, v in {**DEFAULTS["targets"], **raw_targets}.items() if v is not None}
+    for name, target in targets.items():
+        ok = target in ("components", "labels", "child") or _CUSTOM.match(str(target)) or \
+            target == "priority" == name
+        if not isinstance(target, str) or not ok:
+            raise ConnectorConfigError(f"{KEY}.targets.{name}: expected components, labels, customfield_<id>, "
+                                       f"child{' or priority' if name == 'priority' else ''}, got {target!r}")
+    human = s["human_set_fields"]
+    if not isinstance(human, (list, tuple)) or not all(isinstance(h, str) for h in human):
+        raise ConnectorConfigError(f"{KEY}.human_set_fields: expected a list of taxonomy field names")
+    visibility = s["comment_visibility"]
+    internal = choice("internal_comment", ("jsm", "plain"))
+    if internal == "plain" and not (isinstance(visibility, Mapping) and visibility.get("type") in ("role", "group")
+                                    and isinstance(visibility.get("value"), str) and visibility["value"]):
+        raise ConnectorConfigError(f"{KEY}.comment_visibility: internal_comment plain needs "
+                                   "{type: role | group, value: <role or group name>}")
+    client = VendorClient("Jira", base_url, auth, timeout=float(number("timeout", False)),
+                          headers={"Accept": "application/json"})
+    return JiraConnector(
+        client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), targets,
+        secret=hook_secret.encode("utf-8") if hook_secret else None,
+        url_secret=url_secret.encode("utf-8") if url_secret else None, bot_account_id=text("bot_account_id"),
+        priority_by=choice("priority_by", ("name", "id")), option_by=choice("option_by", ("value", "id")),
+        human_set_fields=tuple(human), default_priority=text("default_priority"), internal_comment=internal,
+        comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=text("closed_jql"),
+        closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000))
+
