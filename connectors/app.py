@@ -132,6 +132,13 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         log.info("webhook %s: %d event(s) accepted", connector, len(events))
         return jsonify({"accepted": events}), 202
 
+    @app.get("/webhooks/<connector>")
+    def webhook_check(connector: str):
+        """Some vendors (Zoho Desk) check a webhook URL with a GET before saving the subscription."""
+        if connector not in connectors:
+            return _error(404, f"unknown connector {connector!r}")
+        return jsonify({"connector": connector, "ok": True})
+
     def record_change(change: FieldChange) -> dict:
         """A human edited a field: a correction when it overrides a value we wrote, otherwise nothing."""
         written = store.written_value(change.connector, change.ref, change.field)

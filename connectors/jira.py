@@ -27,6 +27,7 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any, Iterator, Mapping
 
@@ -66,26 +67,33 @@ _MAX_IDENTIFIER = 200
 _DONE_MEMORY = 2048
 
 
+@dataclass(frozen=True)
+class JiraOptions:
+    """The validated settings that shape requests and parsing (secrets and the HTTP client are kept apart)."""
+
+    targets: Mapping[str, str]
+    bot_account_id: str | None = None
+    priority_by: str = "name"  # priority written and read by name or id
+    option_by: str = "value"  # select options written and read by value or id
+    human_set_fields: tuple[str, ...] = ("category", "subcategory", "assignment_group")
+    default_priority: str | None = "Medium"  # a priority label that does not count as set by a human
+    internal_comment: str = "jsm"
+    comment_visibility: Mapping[str, str] | None = None
+    closed_jql: str | None = None
+    closed_days: int = 90
+    page_size: int = 100
+
+
 class JiraConnector:
     """One Jira site. Thread-safe: settings are read-only; the write-back step memory is under a lock."""
 
     name = NAME
 
-    def __init__(self, client: VendorClient, field_map: FieldMap, targets: Mapping[str, str], *,
-                 secret: bytes | None, url_secret: bytes | None = None, bot_account_id: str | None = None,
-                 priority_by: str = "name", option_by: str = "value", human_set_fields: tuple[str, ...] = (),
-                 default_priority: str | None = None, internal_comment: str = "jsm",
-                 comment_visibility: Mapping[str, str] | None = None, closed_jql: str | None = None,
-                 closed_days: int = 90, page_size: int = 100):
-        self.client = client
-        self.field_map = field_map
-        self.targets = dict(targets)
+    def __init__(self, client: VendorClient, field_map: FieldMap, options: JiraOptions, *, secret: bytes | None,
+                 url_secret: bytes | None = None):
+        self.client, self.field_map, self.opt = client, field_map, options
+        self.targets = dict(options.targets)
         self._secret, self._url_secret = secret, url_secret
-        self.bot_account_id = bot_account_id
-        self.priority_by, self.option_by = priority_by, option_by
-        self.human_set_fields, self.default_priority = tuple(human_set_fields), default_priority
-        self.internal_comment, self.comment_visibility = internal_comment, comment_visibility
-        self.closed_jql, self.closed_days, self.page_size = closed_jql, closed_days, page_size
         self._parents = {"subcategory": "category"}  # child field -> parent; the taxonomy's own at check time
         self._taxonomy: Taxonomy | None = None  # known after check_taxonomy: labels are then checked against it
         self._done: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
@@ -149,9 +157,11 @@ class JiraConnector:
         user = data.get("user") if isinstance(data.get("user"), dict) else {}
         actor = user.get("accountId") if isinstance(user.get("accountId"), str) else None
         if event == UPDATED:
-            if self.bot_account_id and actor == self.bot_account_id:
+            if self.opt.bot_account_id and actor == self.opt.bot_account_id:
                 return []  # our own write-back echoed back
-            changelog = data.get("changelog") or {}
+            changelog = data.get("changelog")
+            if changelog is None:  # e.g. issue_commented: nothing we write has changed
+                return []
             items = changelog.get("items") if isinstance(changelog, dict) else None
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise WebhookRejected(400, "changelog.items: expected a list of objects")
@@ -163,8 +173,8 @@ class JiraConnector:
         identifier = (header(headers, IDENTIFIER_HEADER) or "").strip()
         if len(identifier) > _MAX_IDENTIFIER or any(ord(c) < 32 for c in identifier):
             raise WebhookRejected(400, f"{IDENTIFIER_HEADER}: at most {_MAX_IDENTIFIER} printable characters")
-        current = {n: v for n, v in self._labels_of(fields).items() if n in self.human_set_fields
-                   and not (n == "priority" and v == self.default_priority)}
+        current = {n: v for n, v in self._labels_of(fields).items() if n in self.opt.human_set_fields
+                   and not (n == "priority" and v == self.opt.default_priority)}
         return [InboundTicket(connector=NAME, ref=key, event_key=identifier or hashlib.sha256(body).hexdigest(),
                               text=text, project=_name(fields.get("project"), "key"),
                               ticket_type=_name(fields.get("issuetype"), "name"), current=current,
@@ -202,19 +212,19 @@ class JiraConnector:
     def _change_value(self, name: str, target: str, item: Mapping[str, Any], side: str) -> str | None:
         raw, shown = item.get(side), item.get(side + "String")
         if target == "priority":
-            return self._label(name, raw if self.priority_by == "id" else shown)
+            return self._label(name, raw if self.opt.priority_by == "id" else shown)
         if target == "components":
             return self._label(name, shown)
         if target == "labels":  # fromString/toString list the labels, space-separated
             return next((lab for v in str(shown or "").split() if (lab := self._label(name, v))), None)
         match = _CASCADE.search(str(shown or ""))
         if not match:  # a plain select list: the option id in from/to, its value in fromString/toString
-            return self._label(name, raw if self.option_by == "id" else shown)
+            return self._label(name, raw if self.opt.option_by == "id" else shown)
         parent = self._label(self._parents.get(name, name) if target == "child" else name,
-                             match[2] if self.option_by == "id" else match[1])
+                             match[2] if self.opt.option_by == "id" else match[1])
         if target != "child":
             return parent
-        return self._label(name, match[4] if self.option_by == "id" else match[3], parent) if match[3] else None
+        return self._label(name, match[4] if self.opt.option_by == "id" else match[3], parent) if match[3] else None
 
     # -- reading Jira values back to labels --------------------------------------------------------------------
 
@@ -236,15 +246,16 @@ class JiraConnector:
                 continue
             raw = fields.get(target)
             if target == "priority":
-                label = self._label(name, _name(raw, self.priority_by))
+                label = self._label(name, _name(raw, self.opt.priority_by))
             elif target in ("components", "labels"):
-                values = [_name(v, "name") if target == "components" else v for v in raw or [] if v]
+                values = [_name(v, "name") if target == "components" else v for v in _list(raw)]
                 label = next((lab for v in values if (lab := self._label(name, v))), None)
             else:
-                label = self._label(name, _name(raw, self.option_by))
+                label = self._label(name, _name(raw, self.opt.option_by))
                 for child, parent in self._parents.items():
                     if parent == name and self.targets.get(child) == "child" and child in self.field_map and label:
-                        sub = self._label(child, _name((raw or {}).get("child"), self.option_by), label)
+                        sub = self._label(child, _name(raw.get("child") if isinstance(raw, dict) else None,
+                                                       self.opt.option_by), label)
                         if sub:
                             out[child] = sub
             if label:
@@ -260,8 +271,8 @@ class JiraConnector:
     def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
         """One PUT with the applied fields and the review label (skipped when empty), then one internal comment.
 
-        Steps that succeeded are remembered per event, so a retry after a failed comment does not edit again,
-        and one after a lost answer to the edit does not post a second comment."""
+        Steps that succeeded are remembered per event (in this process), so the worker's retry after a failed
+        comment does not edit again, and a retry of a job whose note was posted does not post it twice."""
         if plan.shadow:
             return WritebackOutcome("shadow", None, "shadow mode: nothing written")
         path = f"/rest/api/3/issue/{ticket.ref}"
@@ -274,10 +285,10 @@ class JiraConnector:
             self._mark(done_key, "edit")
         if "comment" not in done:
             comment: dict[str, Any] = {"body": _adf_doc(plan.note or "Triaged by ticket-triage.")}
-            if self.internal_comment == "jsm":
+            if self.opt.internal_comment == "jsm":
                 comment["properties"] = [{"key": "sd.public.comment", "value": {"internal": True}}]
             else:
-                comment["visibility"] = dict(self.comment_visibility or {})
+                comment["visibility"] = dict(self.opt.comment_visibility or {})
             status = self.client.request("POST", path + "/comment", json_body=comment).status_code
             self._mark(done_key, "comment")
         written = ", ".join(sorted(edit.get("fields", {}))) or "no field"
@@ -305,13 +316,13 @@ class JiraConnector:
             except KeyError:  # a nested map with no parent value on the ticket: nothing sensible to write
                 continue
             if target == "priority":
-                fields["priority"] = {self.priority_by: value}
+                fields["priority"] = {self.opt.priority_by: value}
             elif target == "components":
                 fields["components"] = [{"name": value}]
             elif target == "labels":
                 labels.append(value)
             else:
-                fields[target] = {self.option_by: value}
+                fields[target] = {self.opt.option_by: value}
         for child, parent in self._parents.items():
             cascade = self.targets.get(parent, "")
             if child not in plan.apply or self.targets.get(child) != "child" or child not in self.field_map:
@@ -319,8 +330,8 @@ class JiraConnector:
             parent_label = plan.apply.get(parent) or ticket.current.get(parent)
             if not parent_label or not _CUSTOM.match(cascade) or parent not in self.field_map:
                 continue
-            option = fields.setdefault(cascade, {self.option_by: str(self.field_map.vendor(parent, parent_label))})
-            option["child"] = {self.option_by: str(self.field_map.vendor(child, plan.apply[child], parent_label))}
+            option = fields.setdefault(cascade, {self.opt.option_by: str(self.field_map.vendor(parent, parent_label))})
+            option["child"] = {self.opt.option_by: str(self.field_map.vendor(child, plan.apply[child], parent_label))}
         if plan.needs_review and plan.review_marker:
             labels.append(plan.review_marker)
         body: dict[str, Any] = {"fields": fields} if fields else {}
@@ -336,14 +347,14 @@ class JiraConnector:
         outside the taxonomy is kept."""
         if self._taxonomy is None:
             raise RuntimeError("JiraConnector.closed_tickets: call check_taxonomy(taxonomy) first")
-        jql = f"({self.closed_jql}) AND {_resolved_since(since, self.closed_days)}" if self.closed_jql \
-            else _resolved_since(since, self.closed_days)
+        jql = f"({self.opt.closed_jql}) AND {_resolved_since(since, self.opt.closed_days)}" if self.opt.closed_jql \
+            else _resolved_since(since, self.opt.closed_days)
         wanted = ["summary", "description", "resolutiondate", "project", "issuetype"]
         wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
         token: str | None = None
         while True:
             request: dict[str, Any] = {"jql": jql + " ORDER BY resolved ASC", "fields": wanted,
-                                       "maxResults": self.page_size}
+                                       "maxResults": self.opt.page_size}
             if token:
                 request["nextPageToken"] = token
             page = self.client.json("POST", "/rest/api/3/search/jql", json_body=request) or {}
@@ -367,6 +378,10 @@ def _name(value: Any, key: str) -> str | None:
     if isinstance(value, dict) and isinstance(value.get(key), (str, int)) and not isinstance(value.get(key), bool):
         return str(value[key])
     return None
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _text(fields: Mapping[str, Any]) -> str:
@@ -478,6 +493,8 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConn
         return value
 
     base_url = text("base_url", required=True)
+    if not base_url.startswith(("https://", "http://")):
+        raise ConnectorConfigError(f"{KEY}.base_url: expected https://<site>.atlassian.net, got {base_url!r}")
     if text("oauth_token_env"):
         auth = StaticAuth.bearer(secret("oauth_token_env", "it holds the OAuth 2.0 access token"))
     else:
@@ -516,12 +533,12 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConn
                                    "{type: role | group, value: <role or group name>}")
     client = VendorClient("Jira", base_url, auth, timeout=float(number("timeout", False)),
                           headers={"Accept": "application/json"})
-    return JiraConnector(
-        client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), targets,
-        secret=hook_secret.encode("utf-8") if hook_secret else None,
-        url_secret=url_secret.encode("utf-8") if url_secret else None, bot_account_id=text("bot_account_id"),
-        priority_by=choice("priority_by", ("name", "id")), option_by=choice("option_by", ("value", "id")),
-        human_set_fields=tuple(human), default_priority=text("default_priority"), internal_comment=internal,
+    options = JiraOptions(
+        targets, bot_account_id=text("bot_account_id"), priority_by=choice("priority_by", ("name", "id")),
+        option_by=choice("option_by", ("value", "id")), human_set_fields=tuple(human),
+        default_priority=text("default_priority"), internal_comment=internal,
         comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=text("closed_jql"),
         closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000))
-
+    return JiraConnector(client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), options,
+                         secret=hook_secret.encode("utf-8") if hook_secret else None,
+                         url_secret=url_secret.encode("utf-8") if url_secret else None)

@@ -35,7 +35,7 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, PollNow, PollResult, WebhookRejected, WritebackOutcome, header)
+from .base import ConnectorConfigError, PollNow, PollResult, WebhookRejected, WritebackOutcome, header
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
@@ -173,13 +173,11 @@ class ServiceDeskConnector:
         start, pages = 1, 0
         while max_pages is None or pages < max_pages:
             list_info = {"row_count": self.page_size, "start_index": start, "sort_field": sort_field,
-                         "sort_order": "asc", "get_total_count": pages == 0, "search_criteria": criteria}
+                         "sort_order": "asc", "search_criteria": criteria}  # has_more_rows pages, no total
             data = self._call("GET", "/requests", params={"input_data": _dumps({"list_info": list_info})})
             rows = data.get("requests") or []
             if not isinstance(rows, list):
                 raise VendorError(f"{NAME}: 'requests' is not a list", retryable=False)
-            if pages == 0 and isinstance(data.get("list_info"), dict) and "total_count" in data["list_info"]:
-                log.debug("%s: %s request(s) match", NAME, data["list_info"]["total_count"])
             yield from (r for r in rows if isinstance(r, dict))
             pages += 1
             if not rows or not (data.get("list_info") or {}).get("has_more_rows"):
@@ -230,6 +228,8 @@ class ServiceDeskConnector:
         """One PUT of the mapped fields (skipped when there are none), then one internal note."""
         if plan.shadow:
             return WritebackOutcome("shadow", None, "shadow mode: nothing written")
+        if not ticket.ref.isdigit():  # refs come from our own poll; anything else must not reach a URL path
+            raise VendorError(f"{NAME}: request id {ticket.ref[:40]!r} is not numeric", retryable=False)
         fields = self._request_fields(ticket, plan)
         path = f"/requests/{ticket.ref}"
         if fields:

@@ -39,7 +39,7 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header)
+from .base import ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
@@ -116,8 +116,8 @@ class _Keys:
                         keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256").key
                     except (jwt.PyJWTError, ValueError, TypeError):
                         log.warning("zoho: JWKS key %r is not a usable RSA key; ignored", jwk["kid"][:64])
-            self._keys = keys
-            return keys.get(kid)
+            self._keys = keys or self._keys  # an empty or garbled answer does not throw away keys we know
+            return self._keys.get(kid)
 
 
 class ZohoConnector:
@@ -465,7 +465,8 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ZohoConn
     s = {**DEFAULTS, **settings}
     org_id = str(s["org_id"] or "").strip()
     if not _ID.match(org_id):
-        raise ConnectorConfigError(f"{key}.org_id: expected the Zoho Desk organisation id (digits), got {s['org_id']!r}")
+        raise ConnectorConfigError(f"{key}.org_id: expected the Zoho Desk organisation id (digits), "
+                                   f"got {s['org_id']!r}")
     desk_url, accounts_url = _url(s["desk_url"], f"{key}.desk_url"), _url(s["accounts_url"], f"{key}.accounts_url")
     jwks_url = _url(s["jwks_url"], f"{key}.jwks_url") if s["jwks_url"] else desk_url + "/.well-known/jwks.json"
     ids = [s["webhook_ids"]] if isinstance(s["webhook_ids"], (str, int)) else s["webhook_ids"]

@@ -44,6 +44,17 @@ class FakeJira(FakeVendor):
         self._ids = itertools.count(10000)
         self._pages: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget every request, issue, comment and scripted failure (one server serves a whole module)."""
+        with self._lock:
+            self.requests.clear()
+            self.problems.clear()
+            self._script.clear()
+        self.issues.clear()
+        self.comments.clear()
+        self.closed.clear()
+        self._pages.clear()
+
     def add_issue(self, key: str, **fields) -> dict:
         issue = {"id": str(next(self._ids)), "key": key, "fields": {"labels": [], "components": [], **fields}}
         self.issues[key] = issue

@@ -178,8 +178,10 @@ class FakeServiceDesk(FakeVendor):
             raise Problem("search_criteria is an object or a list of objects")
         with self._data_lock:
             matching = [t for t in self.tickets.values() if all(_match(t, c, i) for i, c in enumerate(criteria))]
-        key = (lambda t: int(t["id"])) if sort_field == "id" else (lambda t: int((t[sort_field] or {"value": 0})["value"]))
-        matching.sort(key=lambda t: (key(t), int(t["id"])), reverse=info.get("sort_order") == "desc")
+        def key(t: dict) -> tuple[int, int]:
+            return int(t["id"] if sort_field == "id" else (t[sort_field] or {"value": 0})["value"]), int(t["id"])
+
+        matching.sort(key=key, reverse=info.get("sort_order") == "desc")
         page = matching[start - 1:start - 1 + rows]
         list_info = {"has_more_rows": start - 1 + rows < len(matching), "start_index": start, "row_count": len(page),
                      "sort_field": sort_field, "sort_order": info.get("sort_order", "asc")}

@@ -55,6 +55,11 @@ def test_examples_mask_the_prompt_and_skip_bad_records(triager, cfg):
         assert e.input_ids[-len(answer):] == answer
         after_system = len(e.input_ids) - len(triager.codec.prefix_ids)
         assert after_system <= settings(cfg).max_length  # no instruction is longer than the explicit prompt
+    partial, skipped = build_examples(RECORDS, triager.loaded.tokenizer, triager.taxonomy,
+                                      settings(cfg, partial_labels=True))
+    assert skipped == 1 and len(partial) == 5  # the record labelling only a category is trained on...
+    trained = triager.loaded.tokenizer.decode([t for t in partial[4].labels if t != -100])
+    assert "Network" in trained and "summary" in trained and "Incident" not in trained  # ...its category only
     batches = length_grouped_batches(examples, 2, seed=1)
     assert sorted(i for b in batches for i in b) == list(range(4))
     assert batches == length_grouped_batches(examples, 2, seed=1)

@@ -155,7 +155,10 @@ def clean(records: Iterable[Record], taxonomy: Taxonomy) -> Gathered:
                 dropped[f"{name} label outside the taxonomy"] += 1
         for name, value in list(labels.items()):
             parent = taxonomy[name].parent
-            if parent and labels.get(parent) and value not in taxonomy[name].children[labels[parent]]:
+            if parent and parent not in labels:
+                del labels[name]
+                dropped[f"{name} without its {parent}"] += 1
+            elif parent and value not in taxonomy[name].children[labels[parent]]:
                 del labels[name]
                 dropped[f"{name} not under its {parent}"] += 1
         if not labels:
@@ -246,7 +249,7 @@ def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path
     train_records = read_records(job["train_path"])
     test_records = read_records(job["test_path"])
     settings = TrainSettings.from_mapping(config["train"], max_steps=job["max_steps"] or None,
-                                          epochs=job["epochs"], eval_limit=0)
+                                          epochs=job["epochs"], eval_limit=0, partial_labels=True)
     train(train_records, taxonomy, config["model"], settings, job["out_dir"], name=job["name"],
           version=job["version"], init_adapter=job["champion_path"], instructions=INSTRUCTIONS,
           progress=False, tensorboard=False)

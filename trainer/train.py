@@ -59,6 +59,9 @@ class TrainSettings:
     explicit_fraction: float = 0.2
     save_every: int = 100
     eval_limit: int = 200
+    # Train on records that label only some fields (closed tickets rarely carry a summary): the missing fields
+    # get a placeholder in the answer and no loss.
+    partial_labels: bool = False
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "TrainSettings":
@@ -97,18 +100,21 @@ def data_hash(records: Sequence[Record]) -> str:
 
 def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy, settings: TrainSettings,
                    instructions: Sequence[str] = ()) -> tuple[list[Example], int]:
-    """Token ids and loss labels for each complete record; records missing a field are skipped (counted)."""
+    """Token ids and loss labels for each complete record; records missing a field are skipped (counted), or with
+    `settings.partial_labels` trained with the missing fields masked out of the loss."""
     rng = random.Random(settings.seed)
     explicit = PromptCodec(tokenizer, taxonomy)
     rotated = [PromptCodec(tokenizer, taxonomy, system=s) for s in instructions]
     examples, skipped = [], 0
     for record in records:
         labels = record.get("labels", {})
-        if any(name not in labels for name in taxonomy.field_names) or taxonomy.check_labels(labels):
+        missing = {name for name in taxonomy.field_names if name not in labels}
+        if (missing and not settings.partial_labels) or len(missing) == len(taxonomy.field_names) \
+                or taxonomy.check_labels(labels):
             skipped += 1
             continue
         codec = explicit if not rotated or rng.random() < settings.explicit_fraction else rng.choice(rotated)
-        answer = explicit.encode_answer(labels)
+        answer, target = _answer(explicit, taxonomy, labels, missing)
         # max_length bounds what follows the system prompt, so the long explicit prompt never squeezes the ticket.
         room = settings.max_length - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
         ticket = codec.encode_ticket(record["text"], max(0, room)).ids
@@ -116,8 +122,28 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
             skipped += 1
             continue
         prompt = list(codec.prefix_ids) + codec.user_ids(ticket)
-        examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + answer))
+        examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + target))
     return examples, skipped
+
+
+def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]
+            ) -> tuple[list[int], list[int]]:
+    """Answer token ids and their loss targets; a missing field gets a placeholder value and IGNORE targets."""
+    if not missing:
+        ids = codec.encode_answer(labels)
+        return ids, list(ids)
+    filled = dict(labels)
+    for f in taxonomy.fields:
+        if f.name in missing:
+            filled[f.name] = "" if not f.is_enum else (
+                f.children.get(filled.get(f.parent), f.values) if f.parent else f.values)[0]
+    ids: list[int] = []
+    target: list[int] = []
+    for name, text in codec.answer_segments(filled):
+        piece = codec.encode(text)
+        ids += piece
+        target += [IGNORE] * len(piece) if name in missing else piece
+    return ids, target
 
 
 def length_grouped_batches(examples: Sequence[Example], batch_size: int, seed: int) -> list[list[int]]:

@@ -104,6 +104,8 @@ DEFAULTS: dict[str, Any] = {
         "explicit_fraction": 0.2,
         "save_every": 100,
         "eval_limit": 200,
+        # Train on records labelling only some fields (missing ones get no loss); retraining always does.
+        "partial_labels": False,
     },
     "retrain": {
         # Nightly retraining inside the daemon (APScheduler cron, the daemon's local time zone).

@@ -1,0 +1,186 @@
+"""Retraining: gathering and redaction, the time-ordered hold-out, the decision, the lock, and a real tiny run
+(child process training + evaluation of both models) that a live daemon hot-reloads without losing a job."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from triage_core.config import load_config
+from triage_core.queue import InboundTicket, JobQueue
+from triage_core.registry import DbLock, LockHeld, ModelRegistry
+from triage_core.store import Store
+from trainer.records import read_records
+from trainer.retrain import Retrainer, clean, corrected_records, decide, holdout_split
+from trainer.synthetic import generate
+
+
+class ClosedSource:
+    """A connector-like object listing closed tickets (the vendor connectors' ClosedTicketSource shape)."""
+
+    def __init__(self, records):
+        self.records = records
+        self.asked = []
+
+    def closed_tickets(self, since):
+        self.asked.append(since)
+        return list(self.records)
+
+
+def closed(taxonomy, n=24, seed=5):
+    start = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    out = []
+    for i, r in enumerate(generate(taxonomy, n, seed=seed)):
+        labels = {k: v for k, v in r["labels"].items() if k != "summary"}
+        out.append({"id": f"J-{i}", "text": r["text"], "labels": labels, "source": "jira",
+                    "closed_at": (start + timedelta(hours=i)).isoformat()})
+    out[0]["text"] += "\nCall me at +1 (415) 555-0100 or mail jane.doe@example.com, my PC is 10.20.30.40"
+    out[1]["labels"]["category"] = "Plumbing"  # outside the taxonomy
+    out[2] = {**out[3], "id": "J-dup"}  # a duplicate text
+    return out
+
+
+def settings(tmp_path, **retrain):
+    return load_config(env={}, overrides={
+        "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+        "train": {"batch_size": 2, "max_length": 256},
+        "retrain": {"max_steps": 2, "min_records": 10, "min_holdout": 4, "holdout_fraction": 0.25,
+                    "output_dir": str(tmp_path / "runs"), "synthetic_per_label": 0, "threads": 1, **retrain}})
+
+
+def test_clean_redacts_drops_and_counts(taxonomy):
+    got = clean(closed(taxonomy), taxonomy)
+    assert got.counts["dropped"] == {"category label outside the taxonomy": 1, "duplicate": 1,
+                                     "subcategory without its category": 1}
+    text = next(r["text"] for r in got.records if r["id"] == "J-0")
+    assert "555-0100" not in text and "jane.doe" not in text and "10.20.30.40" not in text
+    assert "[phone]" in text and "[email]" in text and "[ip]" in text
+    assert all(got.counts["redacted"][k] >= 1 for k in ("email", "phone", "ip"))
+    assert not any("@example.com" in r["text"] for r in got.records)
+    bad = next(r for r in got.records if r["id"] == "J-1")["labels"]
+    assert "category" not in bad  # the bad label is dropped, the others kept
+    for r in got.records:
+        for name, value in r["labels"].items():
+            assert value in taxonomy[name].values
+
+
+def test_holdout_is_the_newest_tickets():
+    records = [{"text": str(i), "labels": {"x": "y"}, "closed_at": f"2026-10-{i + 1:02d}"} for i in range(20)]
+    train, test = holdout_split(list(reversed(records)), 0.25, 4)
+    assert len(test) == 5 and max(r["closed_at"] for r in train) < min(r["closed_at"] for r in test)
+
+
+def test_decide_keeps_a_worse_challenger():
+    champ = {"validity_pct": 100.0, "fields": {"category": {"macro_f1": 0.60}, "priority": {"macro_f1": 0.40}}}
+    better = {"validity_pct": 100.0, "fields": {"category": {"macro_f1": 0.65}, "priority": {"macro_f1": 0.39}}}
+    worse = {"validity_pct": 100.0, "fields": {"category": {"macro_f1": 0.70}, "priority": {"macro_f1": 0.30}}}
+    invalid = {"validity_pct": 98.0, "fields": better["fields"]}
+    assert decide(champ, better, 0.02)[0]
+    ok, why = decide(champ, worse, 0.02)
+    assert not ok and "priority macro-F1 0.300 < champion 0.400" in why
+    assert not decide(champ, invalid, 0.02)[0]
+
+
+def test_corrections_become_training_records(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    store.upgrade()
+    queue = JobQueue(store)
+    job = queue.submit(InboundTicket(connector="jira", ref="IT-7", event_key="e1",
+                                     text="Printer on floor 2 jams on every page")).job_id
+    rid = store.record_result(job, "jira", "IT-7", {"summary": "Printer jams", "category": "Hardware",
+                                                     "subcategory": "Printer / Scanner", "priority": "Low"},
+                              {}, {"base": "b", "adapter": "a"}, 10)
+    store.record_correction("jira", "IT-7", "priority", "Low", "High", result_id=rid)
+    records = corrected_records(store, None)
+    assert records == [{"id": "jira:IT-7", "text": "Printer on floor 2 jams on every page",
+                        "labels": {"category": "Hardware", "subcategory": "Printer / Scanner", "priority": "High"},
+                        "source": "correction", "closed_at": records[0]["closed_at"]}]
+    assert corrected_records(store, datetime.now(timezone.utc) + timedelta(seconds=5)) == []
+
+
+def test_dry_run_reports_and_stores_redacted_data_and_the_lock_stops_a_second_run(tmp_path, taxonomy):
+    config = settings(tmp_path)
+    store = Store(config["database"]["url"])
+    store.upgrade()
+    source = ClosedSource(closed(taxonomy))
+    report = Retrainer(config, store, {"jira": source}).run(dry_run=True)
+    assert report.state == "dry-run" and report.counts["sources"] == {"jira": 24, "corrections": 0}
+    assert report.counts["kept"] == 23 and report.counts["train"] + report.counts["test"] == 23
+    stored = (tmp_path / "runs" / f"run-{report.id:05d}" / "train.jsonl").read_text() + \
+        (tmp_path / "runs" / f"run-{report.id:05d}" / "test.jsonl").read_text()
+    assert "jane.doe@example.com" not in stored and "[email]" in stored
+    other = DbLock(Store(config["database"]["url"]), "retrain", "instance-2")
+    assert other.acquire()  # instance 2 is running a retrain...
+    with pytest.raises(LockHeld, match="instance-2"):
+        Retrainer(config, store, {"jira": source}, owner="instance-1").run(dry_run=True)
+    other.release()
+
+
+SECRET = "s3cret"
+
+
+def post(daemon, ref, text):
+    body = json.dumps({"id": ref, "text": text}).encode()
+    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    r = requests.post(daemon.url + "/webhooks/generic", data=body, timeout=30,
+                      headers={"X-Triage-Signature": sig, "Content-Type": "application/json"})
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.slow
+def test_run_trains_a_challenger_promotes_it_and_a_live_daemon_reloads_without_losing_a_job(
+        tmp_path, taxonomy, live_daemon):
+    config = settings(tmp_path, margin=1.0)  # any challenger with 100% validity passes
+    daemon = live_daemon({"model": {"reload_seconds": 0.2}, "connectors": {"enabled": ["generic"]}},
+                         {"TRIAGE_GENERIC_SECRET": SECRET})
+    texts = ["VPN drops every few minutes", "Please install Visio on my laptop", "Outlook cannot send mail",
+             "Badge reader at the main door is broken", "Need access to the finance share", "Printer jams"]
+    for i, t in enumerate(texts[:3]):
+        post(daemon, f"T-{i}", t)
+    source = ClosedSource(closed(taxonomy))
+    report = Retrainer(config, daemon.store, {"jira": source}).run(timeout=900)
+    assert report.state == "promoted", report.decision
+    assert set(report.metrics) == {"champion", "challenger"}
+    assert report.metrics["challenger"]["validity_pct"] == 100.0
+    registry = ModelRegistry(daemon.store)
+    champion = registry.champion()
+    assert champion.tag == report.challenger == f"{taxonomy.name}@r{report.id}"
+    assert [m.status for m in registry.list()] == ["champion", "retired"]  # the configured adapter, recorded
+    deadline = time.time() + 60
+    while daemon.app.extensions["triage_watcher"].serving != champion.id:
+        assert time.time() < deadline, "the daemon did not reload the champion"
+        time.sleep(0.1)
+    for i, t in enumerate(texts[3:], 3):
+        post(daemon, f"T-{i}", t)
+    daemon.wait_idle(done=6)
+    adapters = {}
+    for i in range(6):
+        history = daemon.store.ticket_history("generic", f"T-{i}")["history"]
+        assert len(history["results"]) == 1 and len(history["writebacks"]) == 1  # exactly once
+        adapters[i] = history["results"][0]["model_adapter"]
+    assert {adapters[i] for i in (3, 4, 5)} == {champion.tag}
+    run = read_records(tmp_path / "runs" / f"run-{report.id:05d}" / "train.jsonl")
+    assert all("jane.doe" not in r["text"] for r in run)
+    # Rollback returns to the configured adapter and the daemon follows.
+    assert registry.rollback().status == "champion"
+    deadline = time.time() + 60
+    while daemon.app.extensions["triage_watcher"].serving == champion.id:
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, taxonomy):
+    config = settings(tmp_path, margin=-1.0)  # must gain a full point of macro-F1 on every field: impossible
+    store = Store(config["database"]["url"])
+    store.upgrade()
+    report = Retrainer(config, store, {"jira": ClosedSource(closed(taxonomy))}).run(timeout=900)
+    assert report.state == "kept" and "macro-F1" in report.decision
+    registry = ModelRegistry(store)
+    assert registry.champion() is None  # the configured adapter keeps serving
+    assert [m.status for m in registry.list()] == ["challenger"]
