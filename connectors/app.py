@@ -144,6 +144,9 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         written = store.written_value(change.connector, change.ref, change.field)
         if written is None or change.new == written[1]:
             return {"ref": change.ref, "field": change.field, "correction": False}
+        if store.last_correction(change.connector, change.ref, change.field) == change.new:
+            # a redelivered update, or the same human choice again: the training label is already recorded
+            return {"ref": change.ref, "field": change.field, "correction": False, "duplicate": True}
         store.record_correction(change.connector, change.ref, change.field, written[1], change.new,
                                 result_id=written[0])
         metrics.corrections.labels(change.connector, change.field).inc()

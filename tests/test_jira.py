@@ -479,6 +479,10 @@ def test_end_to_end_daemon_writes_back_once_and_records_a_correction(live_daemon
                       headers=signed(updated, identifier="e2e-upd")[1], timeout=10)
     assert r.status_code == 202 and r.json()["accepted"] == [{"ref": "IT-77", "field": "priority",
                                                               "correction": True}]
+    # Jira redelivers the same update: acknowledged, not recorded twice
+    r = requests.post(daemon.url + "/webhooks/jira", data=signed(updated, identifier="e2e-upd")[0],
+                      headers=signed(updated, identifier="e2e-upd")[1], timeout=10)
+    assert r.status_code == 202 and r.json()["accepted"][0]["correction"] is False
     corrections = daemon.store.ticket_history("jira", "IT-77")["history"]["corrections"]
     assert [(c["field"], c["old_value"], c["new_value"]) for c in corrections] == [("priority", written, new)]
     # the bot's own echo is no correction and queues nothing

@@ -150,7 +150,8 @@ def test_run_trains_a_challenger_promotes_it_and_a_live_daemon_reloads_without_l
     registry = ModelRegistry(daemon.store)
     champion = registry.champion()
     assert champion.tag == report.challenger == f"{taxonomy.name}@r{report.id}"
-    assert [m.status for m in registry.list()] == ["champion", "retired"]  # the configured adapter, recorded
+    statuses = {m.tag: m.status for m in registry.list()}
+    assert statuses == {champion.tag: "champion", "default-it@2": "retired"}  # the configured adapter, recorded
     deadline = time.time() + 60
     while daemon.app.extensions["triage_watcher"].serving != champion.id:
         assert time.time() < deadline, "the daemon did not reload the champion"

@@ -412,6 +412,13 @@ class Store:
             row = s.get(ConnectorCursor, connector)
             return None if row is None else row.cursor
 
+    def last_correction(self, connector: str, ticket_ref: str, field: str) -> str | None:
+        """The new value of the latest correction of `field` on the ticket (None: none recorded)."""
+        with self.session(readonly=True) as s:
+            return s.scalar(select(Correction.new_value).where(
+                Correction.connector == connector, Correction.ticket_ref == ticket_ref, Correction.field == field)
+                .order_by(Correction.id.desc()).limit(1))
+
     def written_value(self, connector: str, ticket_ref: str, field: str) -> tuple[int | None, str] | None:
         """(result id, value) of the last write-back that applied `field` to the ticket; None if we never did.
 
