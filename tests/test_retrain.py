@@ -19,6 +19,10 @@ from trainer.records import read_records
 from trainer.retrain import Retrainer, clean, corrected_records, decide, holdout_split
 from trainer.synthetic import generate
 
+from fake_jira import FakeJira
+from test_jira import ENV as JIRA_ENV
+from test_jira import FIELD_MAP, settings as jira_settings
+
 
 class ClosedSource:
     """A connector-like object listing closed tickets (the vendor connectors' ClosedTicketSource shape)."""
@@ -121,6 +125,49 @@ def test_dry_run_reports_and_stores_redacted_data_and_the_lock_stops_a_second_ru
     other.release()
 
 
+def jira_issue(record: dict, n: int) -> dict:
+    """A closed Jira issue (search/jql shape) carrying a synthetic ticket and its labels as Jira values."""
+    first, _, rest = record["text"].partition("\n")
+    labels = record["labels"]
+    return {"id": str(30000 + n), "key": f"IT-{n}", "fields": {
+        "summary": first[:200], "description": {"type": "doc", "version": 1, "content": [
+            {"type": "paragraph", "content": [{"type": "text", "text": rest or first}]}]},
+        "resolutiondate": record["closed_at"].replace("+00:00", ".000+0000"),
+        "priority": {"name": FIELD_MAP["priority"][labels["priority"]], "id": "3"},
+        "customfield_10050": {"value": labels["category"], "id": str(100 + n),
+                              "child": {"value": labels["subcategory"], "id": str(200 + n)}},
+        "customfield_10060": {"value": labels["assignment_group"], "id": "7"},
+        "customfield_10070": {"value": FIELD_MAP["request_type"][labels["request_type"]], "id": "9"},
+        "labels": [], "components": [], "status": {"name": "Done"}}}
+
+
+@pytest.fixture
+def jira(taxonomy):
+    """A fake Jira holding closed tickets (one with personal data in it) and the connector pointed at it."""
+    from connectors.jira import from_config
+
+    fake = FakeJira(custom_fields=("customfield_10050", "customfield_10060", "customfield_10070"))
+    records = closed(taxonomy)
+    fake.closed = [jira_issue(r, i) for i, r in enumerate(records) if r["labels"]["category"] in
+                   taxonomy["category"].values]
+    conn = from_config(jira_settings(fake, page_size=10), JIRA_ENV)
+    conn.check_taxonomy(taxonomy)
+    yield fake, conn
+    fake.close()
+
+
+def record_correction(store: Store) -> None:
+    """A ticket the daemon triaged and a human corrected: a training record with the human's value."""
+    job = JobQueue(store).submit(InboundTicket(connector="jira", ref="IT-900", event_key="e900",
+                                               text="The projector in room 4 shows no picture")).job_id
+    rid = store.record_result(job, "jira", "IT-900", {"summary": "Projector", "category": "Hardware",
+                                                      "subcategory": "Monitor / Peripherals", "priority": "Low"},
+                              {}, {"base": "b", "adapter": "a"}, 10)
+    store.record_correction("jira", "IT-900", "category", "Hardware", "Workplace", result_id=rid)
+    store.record_correction("jira", "IT-900", "subcategory", "Monitor / Peripherals", "Meeting Room",
+                            result_id=rid)
+
+
 SECRET = "s3cret"
 
 
@@ -176,12 +223,22 @@ def test_run_trains_a_challenger_promotes_it_and_a_live_daemon_reloads_without_l
 
 
 @pytest.mark.slow
-def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, taxonomy):
+def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, taxonomy, jira):
+    fake, conn = jira
     config = settings(tmp_path, margin=-1.0)  # must gain a full point of macro-F1 on every field: impossible
     store = Store(config["database"]["url"])
     store.upgrade()
-    report = Retrainer(config, store, {"jira": ClosedSource(closed(taxonomy))}).run(timeout=900)
+    record_correction(store)
+    report = Retrainer(config, store, {"jira": conn}).run(timeout=900)
+    assert report.counts["sources"] == {"jira": len(fake.closed), "corrections": 1}
+    assert len(fake.calls("POST", "/search/jql$")) == 3  # paged through the fake Jira
     assert report.state == "kept" and "macro-F1" in report.decision
+    assert set(report.metrics) == {"champion", "challenger"}
+    stored = (tmp_path / "runs" / f"run-{report.id:05d}" / "train.jsonl").read_text() + \
+        (tmp_path / "runs" / f"run-{report.id:05d}" / "test.jsonl").read_text()
+    assert "jane.doe@example.com" not in stored and "[email]" in stored
+    corrected = [json.loads(line) for line in stored.splitlines() if "projector in room 4" in line]
+    assert corrected[0]["labels"]["category"] == "Workplace" and corrected[0]["source"] == "correction"
     registry = ModelRegistry(store)
     assert registry.champion() is None  # the configured adapter keeps serving
     assert [m.status for m in registry.list()] == ["challenger"]
