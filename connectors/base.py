@@ -12,6 +12,7 @@ package that registers a factory, not a change here. `connectors.generic` is the
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -155,6 +156,20 @@ class ClosedTicketSource(Protocol):
     def closed_tickets(self, since: Any) -> Iterable[dict]:
         """Labelled-ticket records closed after `since`; raise NotImplementedError where the ITSM has none."""
         ...
+
+
+def json_body(body: bytes, max_bytes: int | None = None) -> Any:
+    """A webhook body decoded as UTF-8 JSON, or `WebhookRejected` (413 too large, 400 with a one-line reason)."""
+    if max_bytes is not None and len(body) > max_bytes:
+        raise WebhookRejected(413, f"body larger than {max_bytes} bytes")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise WebhookRejected(400, "malformed JSON: nested too deeply") from None
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

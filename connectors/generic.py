@@ -32,7 +32,8 @@ from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
 from triage_core.triager import TriageResult
 
-from .base import ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, parse_retry_after
+from .base import (ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, json_body,
+                   parse_retry_after)
 
 NAME = "generic"
 SIGNATURE_HEADER = "X-Triage-Signature"
@@ -80,14 +81,7 @@ class GenericConnector:
         content_type = (header(headers, "Content-Type") or "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/json") and not content_type.endswith("+json"):
             raise WebhookRejected(415, f"expected application/json, got {content_type}")
-        try:
-            text_body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        try:
-            data = json.loads(text_body)
-        except json.JSONDecodeError as exc:
-            raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        data = json_body(body)
         if not isinstance(data, dict):
             raise WebhookRejected(400, "expected a JSON object")
         for key in data:

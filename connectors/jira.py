@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import math
 import re
@@ -36,7 +35,8 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header
+from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
+                   json_body)
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient
 
@@ -134,14 +134,7 @@ class JiraConnector:
         content_type = (header(headers, "Content-Type") or "application/json").split(";")[0].strip().lower()
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise WebhookRejected(415, f"expected application/json, got {content_type}")
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-        except RecursionError:
-            raise WebhookRejected(400, "malformed JSON: nested too deeply") from None
+        data = json_body(body)
         if not isinstance(data, dict):
             raise WebhookRejected(400, "expected a JSON object")
         event = data.get("webhookEvent")

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from triage_core.policy import Policy
 from triage_core.queue import ClaimedJob, JobQueue, LeaseLost

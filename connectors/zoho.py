@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
 import math
 import re
@@ -39,7 +38,8 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header
+from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
+                   json_body)
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
@@ -147,14 +147,7 @@ class ZohoConnector:
     def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[WebhookEvent]:
         """Check the JWT first, then the event array. No Desk API calls here: Zoho gives up after a few seconds."""
         self._verify(header(headers, JWT_HEADER))
-        if len(body) > _MAX_BODY:
-            raise WebhookRejected(413, f"body larger than {_MAX_BODY} bytes")
-        try:
-            data = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise WebhookRejected(400, f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        data = json_body(body, _MAX_BODY)
         if not isinstance(data, list) or not data:
             raise WebhookRejected(400, "expected a non-empty JSON array of events")
         if len(data) > _MAX_EVENTS:

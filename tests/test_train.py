@@ -5,13 +5,11 @@ import json
 import math
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from triage_core import Triager, load_config, parse_taxonomy, validate_ticket
 from triage_core.model import ModelError, check_adapter
 from trainer.evaluate import evaluate, write_report
-from trainer.records import write_records
 from trainer.train import TrainSettings, build_examples, length_grouped_batches, train
 
 RECORDS = [

@@ -235,7 +235,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], records: Seque
     written.append(path)
 
     model = metrics.get("model", {})
-    md = [f"# Evaluation report", "", f"Data: {metrics.get('data')} ({model.get('n')} tickets)",
+    md = ["# Evaluation report", "", f"Data: {metrics.get('data')} ({model.get('n')} tickets)",
           f"Model: {metrics.get('model_info')}", "",
           f"Schema validity: {model.get('validity_pct')}%  ",
           f"Latency per ticket (amortised over batches): p50 {model.get('latency_ms', {}).get('p50')} ms, "

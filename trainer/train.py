@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -231,7 +231,6 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
           on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a LoRA adapter on `records` and save it, with its metadata, into `out_dir`."""
     from peft import set_peft_model_state_dict
-    from peft.utils import get_peft_model_state_dict
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
