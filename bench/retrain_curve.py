@@ -5,10 +5,10 @@ README's first path): `ticket-triage taxonomy infer` drafts a taxonomy from its 
 ticket_type as request type: 1, a service request, on every row of this subset), `ticket-triage import` turns the
 export into records. The file has no dates, so records are shuffled once with a fixed seed; a fixed held-out slice
 (--test-n records) scores every size and the training slices are nested prefixes of the rest; each size trains a fresh LoRA adapter on the base model
-within the stated budget (at most one epoch and at most --max-steps steps of --batch tickets), the way a nightly
+within the stated budget (--epochs over the slice, at most --max-steps steps of --batch tickets), the way a nightly
 run would. The baseline is trained on the same slice.
 
-    python bench/retrain_curve.py [--sizes 250,500,1000,2000] [--test-n 300] [--max-steps 120]
+    python bench/retrain_curve.py [--sizes 250,500,1000,2000] [--test-n 200] [--max-steps 250] [--epochs 2] [--lr 2e-3]
 """
 from __future__ import annotations
 
@@ -40,9 +40,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--sizes", default="250,500,1000,2000")
-    ap.add_argument("--test-n", type=int, default=300)
-    ap.add_argument("--max-steps", type=int, default=120, help="per size: the time budget, in optimizer steps")
+    ap.add_argument("--test-n", type=int, default=200)
+    ap.add_argument("--max-steps", type=int, default=250, help="per size: the time budget, in optimizer steps")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--epochs", type=float, default=2.0, help="per size, capped by --max-steps")
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -75,9 +77,9 @@ def main() -> None:
                 print(f"size {size}: only {len(pool)} records in the pool, skipped", file=sys.stderr)
                 continue
             slice_ = pool[:size]
-            steps = min(args.max_steps, math.ceil(size / args.batch))
+            steps = min(args.max_steps, math.ceil(args.epochs * size / args.batch))
             settings = TrainSettings.from_mapping(cfg["train"], max_steps=steps, batch_size=args.batch,
-                                                  eval_limit=0, learning_rate=6e-4)
+                                                  eval_limit=0, learning_rate=args.lr)
             out = tmp / f"adapter-{size}"
             t1 = time.perf_counter()
             train(slice_, taxonomy, cfg["model"], settings, out, instructions=INSTRUCTIONS, progress=False,

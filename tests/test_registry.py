@@ -54,3 +54,44 @@ def test_only_one_instance_holds_the_lock_and_expiry_frees_it(url):
     with one:
         assert one.holder()[0] == "instance-1"
     assert one.holder() is None
+
+
+def test_models_and_retrain_commands(tmp_path):
+    """`ticket-triage models list|promote|rollback` and `retrain --dry-run` as a user runs them."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("ticket-triage", path=str(Path(sys.executable).parent)) or "ticket-triage"
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = {**os.environ, "TRIAGE_DATABASE_URL": url, "TRIAGE_RETRAIN_OUTPUT_DIR": str(tmp_path / "runs"),
+           "TRIAGE_CONNECTORS_ENABLED": "[]"}
+
+    def run(*args):
+        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=300, env=env)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    code, out, err = run("models", "list")
+    assert code == 0 and "no adapters registered" in out, err
+    Store(url).upgrade()
+    reg = ModelRegistry(Store(url))
+    for v in ("1", "2"):
+        reg.register("it", v, "base", f"/adapters/{v}", "h")
+    assert run("models", "promote", "it@1")[0] == 0
+    code, out, _ = run("models", "promote", "it@2")
+    assert code == 0 and "it@2 is the champion" in out
+    code, out, _ = run("models", "list", "--json")
+    assert [(m["tag"], m["status"]) for m in json.loads(out)] == [("it@2", "champion"), ("it@1", "retired")]
+    code, out, _ = run("models", "rollback")
+    assert code == 0 and "it@1 is the champion" in out
+    code, _, err = run("models", "promote", "it@7")
+    assert code != 0 and "no model version" in err and "Traceback" not in err
+    code, _, err = run("retrain")
+    assert code != 0 and "--now" in err
+    code, out, err = run("retrain", "--dry-run", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["state"] == "dry-run" and report["counts"]["sources"] == {"corrections": 0}

@@ -242,3 +242,18 @@ def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, ta
     registry = ModelRegistry(store)
     assert registry.champion() is None  # the configured adapter keeps serving
     assert [m.status for m in registry.list()] == ["challenger"]
+
+
+def test_nightly_job_is_scheduled_only_when_enabled(tmp_path):
+    from connectors.app import schedule_retraining
+
+    store = Store(f"sqlite:///{tmp_path / 'n.db'}")
+    assert schedule_retraining(settings(tmp_path), store, {}) is None
+    scheduler = schedule_retraining(settings(tmp_path, enabled=True, cron="30 3 * * 1-5"), store, {})
+    try:
+        job = scheduler.get_job("retrain")
+        assert job.max_instances == 1 and job.coalesce
+        assert str(job.trigger) == "cron[month='*', day='*', day_of_week='1-5', hour='3', minute='30']"
+        assert job.next_run_time.hour == 3 and job.next_run_time.minute == 30
+    finally:
+        scheduler.shutdown(wait=False)

@@ -436,7 +436,7 @@ class Retrainer:
             row = s.get(RetrainRun, report.id)
             row.state = report.state
             row.finished_at = utcnow()
-            row.counts = report.counts
+            row.counts = {**report.counts, "seconds": round(report.seconds, 1)}
             row.metrics = report.metrics
             row.decision = report.decision
             row.challenger_id = report.challenger_id
