@@ -27,7 +27,6 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from html.parser import HTMLParser
 from typing import Any, Iterable, Iterator, Mapping
 
 from triage_core.policy import WritebackPlan
@@ -37,6 +36,7 @@ from triage_core.triager import TriageResult
 
 from .base import ConnectorConfigError, PollNow, PollResult, WebhookRejected, WritebackOutcome, header
 from .fieldmap import FieldMap
+from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
 
@@ -73,8 +73,6 @@ ATTRIBUTES = {"category": "category", "subcategory": "subcategory", "priority": 
               "assignment_group": "group", "request_type": "request_type"}
 MAX_WEBHOOK_BYTES = 65536
 MAX_TEXT = 20000
-_BLOCK_TAGS = {"br", "p", "div", "li", "tr", "table", "h1", "h2", "h3", "h4", "blockquote", "pre"}
-
 
 @dataclass(frozen=True)
 class Cursor:
@@ -304,42 +302,9 @@ class ServiceDeskConnector:
         return response.status_code if status else (data if isinstance(data, dict) else {})
 
 
-class _TextOnly(HTMLParser):
-    """Visible text of an SDP HTML description, with block tags as line breaks."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in ("script", "style"):
-            self._hidden += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style"):
-            self._hidden = max(0, self._hidden - 1)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self.parts.append(data)
-
-
-def strip_html(html: str) -> str:
-    parser = _TextOnly()
-    parser.feed(html)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
 def _text(req: Mapping[str, Any]) -> str:
     subject = " ".join(str(req.get("subject") or "").split())
-    body = strip_html(str(req.get("description") or ""))
+    body = html_to_text(str(req.get("description") or ""))
     return "\n\n".join(p for p in (subject, body) if p)[:MAX_TEXT]
 
 

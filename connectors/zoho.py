@@ -28,7 +28,6 @@ import re
 import threading
 import time
 from datetime import date, datetime, timezone
-from html.parser import HTMLParser
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -41,6 +40,7 @@ from triage_core.triager import TriageResult
 from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
                    json_body)
 from .fieldmap import FieldMap
+from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
 
@@ -355,40 +355,6 @@ class ZohoConnector:
             if value not in (None, "") and str(value).strip():
                 out[name] = self._label(name, fields) or str(value).strip()
         return out
-
-
-class _Text(HTMLParser):
-    _BLOCKS = {"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "table"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style"):
-            self._skip = max(0, self._skip - 1)
-        elif tag in self._BLOCKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(value: str) -> str:
-    """Zoho descriptions are HTML: tags dropped, entities decoded, one line per block, blank lines removed."""
-    parser = _Text()
-    parser.feed(value)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return "\n".join(line for line in lines if line)
 
 
 def _ticket_text(ticket: Mapping[str, Any]) -> str:

@@ -14,7 +14,8 @@ from connectors.base import (ClosedTicketSource, Connector, ConnectorConfigError
                              WebhookRejected, load_connectors)
 from connectors.http import VendorError
 from connectors.polling import PollRunner
-from connectors.servicedesk import Cursor, from_config, strip_html
+from connectors.html import html_to_text
+from connectors.servicedesk import Cursor, from_config
 from fake_servicedesk import FakeServiceDesk
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket, JobQueue
@@ -299,7 +300,7 @@ def test_config_errors(make):
 
 
 def test_strip_html():
-    assert strip_html("<p>Hi&amp;bye</p><style>p{}</style><ul><li>one</li><li>two</li></ul>") == "Hi&bye\n\none\n\ntwo"
+    assert html_to_text("<p>Hi&amp;bye</p><style>p{}</style><ul><li>one</li><li>two</li></ul>") == "Hi&bye\n\none\n\ntwo"
 
 
 # --- closed tickets -------------------------------------------------------------------------------------------

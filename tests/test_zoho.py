@@ -80,7 +80,7 @@ def test_valid_ticket_add_delivery(conn, fake):
     [t] = conn.parse_webhook(*fake.delivery(ticket_add(priority="High", teamId="4000000077777"), ignored), {})
     assert t == InboundTicket(
         connector="zoho", ref="1892000000143237", event_key="1892000000143237:Ticket_Add:1700000000000",
-        text="Printer jams\n\nThe printer on floor 3 jams on every page.\nThanks", project="4000000007043",
+        text="Printer jams\n\nThe printer on floor 3 jams on every page.\n\nThanks", project="4000000007043",
         current={"priority": "High", "assignment_group": "4000000077777"},  # an unmapped team still counts as set
         extra={"ticketNumber": "101", "departmentId": "4000000007043", "status": "Open"})
     conn.parse_webhook(*fake.delivery(ticket_add(event_time="1700000000500")), {})
@@ -302,7 +302,7 @@ def test_settings_are_checked_at_start_up(fake):
 
 def test_html_descriptions_become_text():
     assert html_to_text("<div>Hi&nbsp;there,<br>line two<script>alert(1)</script></div><p>a &lt; b</p>") == \
-        "Hi there,\nline two\na < b"
+        "Hi there,\nline two\n\na < b"
 
 
 # --- end to end -----------------------------------------------------------------------------------------------
