@@ -10,7 +10,11 @@ import hmac
 import logging
 import os
 import threading
+from datetime import timezone
 from typing import Mapping
+
+from apscheduler.job import Job
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -22,9 +26,9 @@ from triage_core.registry import ModelRegistry
 from triage_core.store import Store
 from triage_core.triager import EmptyTicketError, TriageError, Triager
 
-from .base import Connector, FieldChange, PollNow, TaxonomyChecked, WebhookRejected, load_connectors
+from .base import Connector, FieldChange, PollNow, WebhookRejected, check_field_maps, load_connectors
 from .metrics import Metrics
-from .polling import start_pollers
+from .polling import add_pollers
 from .reload import ModelWatcher
 from .worker import WorkerContext, start_workers
 
@@ -48,15 +52,19 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     store = store or Store(config["database"]["url"])
     store.upgrade()
     queue = JobQueue.from_config(store, config["queue"])
-    triager = triager or Triager.from_config(config)
+    count = int(server["workers"]) if workers is None else workers
+    watcher = ModelWatcher(ModelRegistry(store), lambda m: Triager.from_config(config, adapter=m.adapter_path),
+                           interval=float(config["model"]["reload_seconds"]),
+                           on_swap=lambda t: metrics.set_model(t.model_info))
+    following = count > 0 and watcher.interval > 0
+    if triager is None:  # the recorded champion if there is one, else the configured adapter
+        triager = (watcher.initial() if following else None) or Triager.from_config(config)
     policy = Policy.from_config(config["policy"], triager.taxonomy)
     if connectors is None:
         connectors = load_connectors(config, env, triager.taxonomy)
     else:
         connectors = dict(connectors)
-        for conn in connectors.values():
-            if isinstance(conn, TaxonomyChecked):
-                conn.check_taxonomy(triager.taxonomy)
+        check_field_maps(connectors, triager.taxonomy)
     metrics = Metrics(queue.depth)
     metrics.set_model(triager.model_info)
     api_token = env.get(server["api_token_env"], "")
@@ -67,19 +75,21 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
                         metrics=metrics, batch_size=triager.settings.batch_size,
                         poll_interval=float(config["queue"]["poll_interval_seconds"]))
     app.extensions["triage"] = ctx
-    count = int(server["workers"]) if workers is None else workers
     threads, stop = start_workers(ctx, count) if count > 0 else ([], threading.Event())
     app.extensions["triage_workers"] = (threads, stop)
-    scheduler, pollers = start_pollers(connectors, store, queue, policy, start=count > 0)
-    app.extensions["triage_pollers"] = (scheduler, pollers)
-    watcher = ModelWatcher(ctx, ModelRegistry(store), lambda m: Triager.from_config(config, adapter=m.adapter_path),
-                           interval=float(config["model"]["reload_seconds"]), on_swap=lambda t: metrics.set_model(
-                               t.model_info))
+    # One scheduler for the daemon's timed work: polls and the nightly retraining (none without workers).
+    scheduler = BackgroundScheduler(timezone=timezone.utc) if count > 0 else None
+    pollers = add_pollers(scheduler, connectors, store, queue, policy)
+    app.extensions["triage_pollers"] = pollers
+    if scheduler is not None:
+        schedule_retraining(scheduler, config, store, connectors)
+        if scheduler.get_jobs():
+            scheduler.start()
+    app.extensions["triage_scheduler"] = scheduler if scheduler is not None and scheduler.running else None
+    watcher.ctx = ctx
     app.extensions["triage_watcher"] = watcher
-    if count > 0 and watcher.interval > 0:
-        watcher.check()  # serve the recorded champion from the start, not the configured adapter
+    if following:
         watcher.start()
-    app.extensions["triage_nightly"] = schedule_retraining(config, store, connectors) if count > 0 else None
 
     def require_token() -> tuple[Response, int] | None:
         if not api_token:
@@ -210,12 +220,12 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     return app
 
 
-def schedule_retraining(config: Config, store: Store, connectors: Mapping[str, Connector]):
-    """The nightly retraining job (retrain.cron) when retrain.enabled; every instance schedules it, the database
-    lock lets one run and the others skip. Returns the started scheduler, or None."""
+def schedule_retraining(scheduler: BackgroundScheduler, config: Config, store: Store,
+                        connectors: Mapping[str, Connector]) -> Job | None:
+    """The nightly retraining job (retrain.cron, local time) when retrain.enabled; every instance schedules it,
+    the database lock lets one run and the others skip."""
     if not config["retrain"]["enabled"]:
         return None
-    from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.cron import CronTrigger
 
     from trainer.retrain import Retrainer  # the daemon is the composition root: it wires the trainer in
@@ -229,22 +239,17 @@ def schedule_retraining(config: Config, store: Store, connectors: Mapping[str, C
         except Exception:
             log.exception("nightly retraining failed (recorded in retrain_runs)")
 
-    scheduler = BackgroundScheduler()
-    scheduler.add_job(run, CronTrigger.from_crontab(config["retrain"]["cron"]), id="retrain", max_instances=1,
-                      coalesce=True)
-    scheduler.start()
-    return scheduler
+    return scheduler.add_job(run, CronTrigger.from_crontab(config["retrain"]["cron"]), id="retrain",
+                             max_instances=1, coalesce=True)
 
 
 def stop_workers(app: Flask, timeout: float = 10.0) -> None:
     """Stop the app's worker threads (they finish the batch in hand; leases cover anything cut short)."""
     threads, stop = app.extensions.get("triage_workers", ([], None))
-    scheduler, _ = app.extensions.get("triage_pollers", (None, {}))
+    scheduler = app.extensions.get("triage_scheduler")
     watcher = app.extensions.get("triage_watcher")
     if watcher is not None:
         watcher.stop.set()
-    if app.extensions.get("triage_nightly") is not None:
-        app.extensions["triage_nightly"].shutdown(wait=False)
     if scheduler is not None:
         scheduler.shutdown(wait=False)
     if stop is not None:

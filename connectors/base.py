@@ -242,7 +242,14 @@ def load_connectors(config: Any, env: Mapping[str, str], taxonomy: Taxonomy | No
         if connector.name != name:
             raise ConnectorConfigError(f"connectors.enabled: entry point {name!r} built a connector named "
                                        f"{connector.name!r}; tickets would not find their way back")
-        if taxonomy is not None and isinstance(connector, TaxonomyChecked):
-            connector.check_taxonomy(taxonomy)
         out[name] = connector
+    if taxonomy is not None:
+        check_field_maps(out, taxonomy)
     return out
+
+
+def check_field_maps(connectors: Mapping[str, Connector], taxonomy: Taxonomy) -> None:
+    """Every connector with a field map checks it against the taxonomy: an unmapped label stops start-up."""
+    for connector in connectors.values():
+        if isinstance(connector, TaxonomyChecked):
+            connector.check_taxonomy(taxonomy)

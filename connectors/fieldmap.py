@@ -68,7 +68,7 @@ class FieldMap:
                 continue
             if spec == SAME:
                 continue
-            if tf.parent is not None and _is_nested(spec, tf.children):
+            if tf.parent is not None and self.is_nested(name):
                 for parent_value, sub in spec.items():
                     if parent_value not in tf.children:
                         problems.append(f"{self.key}.{name}.{parent_value}: not a {tf.parent} label")
@@ -107,8 +107,12 @@ class FieldMap:
         if name not in self.fields or vendor_value is None or vendor_value == "":
             return None
         spec = self.fields[name]
-        subs = ([spec[parent]] if parent in spec else []) if self.is_nested(name) and parent is not None else (
-            list(spec.values()) if self.is_nested(name) else [spec])
+        if not self.is_nested(name):
+            subs = [spec]
+        elif parent is None:
+            subs = list(spec.values())
+        else:
+            subs = [spec[parent]] if parent in spec else []
         for sub in subs:
             if sub == SAME:
                 return str(vendor_value)
@@ -134,10 +138,6 @@ def _spec(spec: Any, key: str, nested_ok: bool) -> Any:
         else:
             out[str(label)] = value
     return out
-
-
-def _is_nested(spec: Mapping[str, Any], children: Mapping[str, Any]) -> bool:
-    return all(isinstance(v, Mapping) or v == SAME for v in spec.values()) and set(spec) <= set(children)
 
 
 def _unmapped(spec: Mapping[str, Any], allowed: Iterable[str], key: str) -> list[str]:

@@ -11,7 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping
+from typing import Any, Mapping
 
 from triage_core.policy import Policy
 from triage_core.queue import JobQueue
@@ -44,7 +44,7 @@ class PollRunner:
         self.stats = PollStats()
         self._lock = threading.Lock()
         self._again = threading.Event()
-        self.scheduler = None  # set by start_pollers
+        self.scheduler = None  # set by add_pollers
 
     def run(self) -> None:
         if not self._lock.acquire(blocking=False):
@@ -103,20 +103,14 @@ class PollRunner:
             log.info("poll %s: %d new ticket(s)", self.name, len(result.tickets))
 
 
-def start_pollers(connectors: Mapping[str, object], store: Store, queue: JobQueue, policy: Policy,
-                  start: bool = True) -> tuple[object | None, dict[str, PollRunner]]:
-    """One interval job per polling connector on a background scheduler (None when no connector polls)."""
+def add_pollers(scheduler: Any, connectors: Mapping[str, object], store: Store, queue: JobQueue,
+                policy: Policy) -> dict[str, PollRunner]:
+    """A runner per polling connector, each an interval job on `scheduler` (None: runners only, run by hand)."""
     runners = {name: PollRunner(name, c, store, queue, policy) for name, c in connectors.items()
                if isinstance(c, Poller)}
-    if not runners or not start:
-        return None, runners
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    scheduler = BackgroundScheduler(timezone=timezone.utc)
-    for runner in runners.values():
+    for runner in runners.values() if scheduler is not None else ():
         runner.scheduler = scheduler
         scheduler.add_job(runner.run, "interval", seconds=float(runner.poller.poll_interval), id=runner.job_id,
                           max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc),
                           misfire_grace_time=None)
-    scheduler.start()
-    return scheduler, runners
+    return runners

@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelWatcher(threading.Thread):
-    def __init__(self, ctx: WorkerContext, registry: ModelRegistry, load: Callable[[ModelInfo], Triager],
-                 interval: float, on_swap: Callable[[Triager], None] | None = None):
+    def __init__(self, registry: ModelRegistry, load: Callable[[ModelInfo], Triager], interval: float,
+                 on_swap: Callable[[Triager], None] | None = None):
         super().__init__(name="model-watcher", daemon=True)
-        self.ctx = ctx
+        self.ctx: WorkerContext | None = None  # set before start(): the context whose model is swapped
         self.registry = registry
         self.load = load
         self.interval = interval
@@ -39,18 +39,22 @@ class ModelWatcher(threading.Thread):
             except Exception:  # the database may blink; the next check tries again
                 log.exception("model watcher: checking the champion failed")
 
+    def initial(self) -> Triager | None:
+        """At start-up, the champion's model (None: no champion, or it does not load), so the daemon serves
+        what every instance serves without loading the configured adapter first."""
+        found = self._load_new()
+        if found is None:
+            return None
+        self.serving = found[0].id
+        log.info("model watcher: serving the champion %s", found[0].tag)
+        return found[1]
+
     def check(self) -> bool:
         """Swap to the champion if it changed; True when a swap happened."""
-        champion = self.registry.champion()
-        if champion is None or champion.id == self.serving or champion.id in self._failed:
+        found = self._load_new()
+        if found is None:
             return False
-        try:
-            triager = self.load(champion)
-        except Exception as exc:  # keep serving the old model; do not retry this version in a loop
-            self._failed.add(champion.id)
-            log.error("model watcher: cannot load %s (%s): %s; still serving %s", champion.tag,
-                      champion.adapter_path, exc, self.ctx.triager.model_info.get("adapter"))
-            return False
+        champion, triager = found
         if triager.taxonomy.label_hash != self.ctx.triager.taxonomy.label_hash:
             self._failed.add(champion.id)
             log.error("model watcher: %s was trained for another taxonomy; not serving it", champion.tag)
@@ -61,3 +65,16 @@ class ModelWatcher(threading.Thread):
             self.on_swap(triager)
         log.info("model watcher: now serving %s", champion.tag)
         return True
+
+    def _load_new(self) -> tuple[ModelInfo, Triager] | None:
+        """The champion and its model when it is not the one served; a version that fails is not retried."""
+        champion = self.registry.champion()
+        if champion is None or champion.id == self.serving or champion.id in self._failed:
+            return None
+        try:
+            return champion, self.load(champion)
+        except Exception as exc:  # keep serving the current model
+            self._failed.add(champion.id)
+            log.error("model watcher: cannot load %s (%s): %s; keeping the model served", champion.tag,
+                      champion.adapter_path, exc)
+            return None

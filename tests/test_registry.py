@@ -95,3 +95,35 @@ def test_models_and_retrain_commands(tmp_path):
     assert code == 0, err
     report = json.loads(out)
     assert report["state"] == "dry-run" and report["counts"]["sources"] == {"corrections": 0}
+
+
+def test_watcher_serves_the_champion_from_the_start_and_skips_one_that_does_not_load(url, config):
+    """A daemon starting after a promotion serves the champion's adapter from the start; a broken one is
+    skipped once, and the configured adapter serves instead."""
+    from connectors.app import create_app, stop_workers
+    from connectors.reload import ModelWatcher
+    from triage_core import Triager
+
+    reg = ModelRegistry(Store(url))
+    loaded = []
+
+    def load(m):
+        loaded.append(m.tag)
+        return Triager.from_config(config, adapter=m.adapter_path)
+
+    watcher = ModelWatcher(reg, load, interval=60)
+    assert watcher.initial() is None and loaded == []  # no champion: the configured adapter serves
+    broken = reg.register("it", "1", "base", "/nowhere/adapter", None)
+    reg.promote(broken.id)
+    assert watcher.initial() is None and watcher.initial() is None and loaded == ["it@1"]  # tried once
+    shipped = str(config.path(config["model"]["adapter"]))
+    good = reg.register("default-it", "2", "base", shipped, None)
+    reg.promote(good.id)
+    triager = watcher.initial()
+    assert triager is not None and watcher.serving == good.id and triager.model_info["adapter"] == "default-it@2"
+    app = create_app(config, store=Store(url), env={"TRIAGE_GENERIC_SECRET": "s"}, workers=1)  # no triager given
+    try:
+        assert app.extensions["triage_watcher"].serving == good.id
+        assert app.extensions["triage"].triager.model_info["adapter"] == "default-it@2"
+    finally:
+        stop_workers(app)

@@ -245,13 +245,18 @@ def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, ta
 
 
 def test_nightly_job_is_scheduled_only_when_enabled(tmp_path):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     from connectors.app import schedule_retraining
 
     store = Store(f"sqlite:///{tmp_path / 'n.db'}")
-    assert schedule_retraining(settings(tmp_path), store, {}) is None
-    scheduler = schedule_retraining(settings(tmp_path, enabled=True, cron="30 3 * * 1-5"), store, {})
+    scheduler = BackgroundScheduler()
+    assert schedule_retraining(scheduler, settings(tmp_path), store, {}) is None
+    assert scheduler.get_jobs() == []
+    scheduler.start()
     try:
-        job = scheduler.get_job("retrain")
+        job = schedule_retraining(scheduler, settings(tmp_path, enabled=True, cron="30 3 * * 1-5"), store, {})
+        assert scheduler.get_job("retrain") is job
         assert job.max_instances == 1 and job.coalesce
         assert str(job.trigger) == "cron[month='*', day='*', day_of_week='1-5', hour='3', minute='30']"
         assert job.next_run_time.hour == 3 and job.next_run_time.minute == 30

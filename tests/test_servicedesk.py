@@ -343,7 +343,7 @@ def test_daemon_polls_triages_and_writes_back_once(make, live_daemon):
                                          "settings": {"servicedesk": {**settings, "poll_interval": 3600}}}},
                          env=ONPREM_ENV)
     daemon.wait_idle(done=1)
-    runner = daemon.app.extensions["triage_pollers"][1]["servicedesk"]
+    runner = daemon.app.extensions["triage_pollers"]["servicedesk"]
     assert (runner.stats.polls, runner.stats.queued) == (1, 1)
 
     [put] = fake.form_inputs("PUT", rf"/requests/{first}$")

@@ -379,17 +379,19 @@ class Retrainer:
                   "test": len(test_records)}
         run_dir = Path(os.path.expanduser(str(self.config.path(s.output_dir)))) / f"run-{run_id:05d}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train.jsonl").write_text("".join(iter_jsonl(train_records)), encoding="utf-8")
+        enough = len(gathered.records) >= s.min_records
+        synthetic: list[Record] = []
+        if enough and not dry_run:
+            synthetic = top_up(train_records, self.taxonomy, s.synthetic_per_label, s.min_per_label, seed=run_id)
+            counts["synthetic"] = len(synthetic)
+        (run_dir / "train.jsonl").write_text("".join(iter_jsonl(train_records + synthetic)), encoding="utf-8")
         (run_dir / "test.jsonl").write_text("".join(iter_jsonl(test_records)), encoding="utf-8")
         if dry_run:
             return RunReport(run_id, "dry-run", counts, {}, "dry run: gathered and reported only",
                              time.monotonic() - t0)
-        if len(gathered.records) < s.min_records:
+        if not enough:
             return RunReport(run_id, "kept", counts, {}, f"not enough data: {len(gathered.records)} records "
                              f"(retrain.min_records {s.min_records})", time.monotonic() - t0)
-        synthetic = top_up(train_records, self.taxonomy, s.synthetic_per_label, s.min_per_label, seed=run_id)
-        counts["synthetic"] = len(synthetic)
-        (run_dir / "train.jsonl").write_text("".join(iter_jsonl(train_records + synthetic)), encoding="utf-8")
         champion = self.registry.champion()
         champion_path = champion.adapter_path if champion else (
             str(self.config.path(self.config["model"].get("adapter"))) if self.config["model"].get("adapter")
@@ -450,11 +452,5 @@ def _compact(metrics: Mapping[str, Any]) -> dict[str, Any]:
                        for name, f in metrics.get("fields", {}).items()}}
 
 
-def last_runs(store: Store, limit: int = 10) -> list[dict[str, Any]]:
-    with store.session(readonly=True) as s:
-        rows = s.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(limit)).all()
-        return [r.to_dict() for r in rows]
-
-
 __all__ = ["Retrainer", "RetrainSettings", "RunReport", "RetrainError", "LockHeld", "decide", "clean",
-           "holdout_split", "corrected_records", "last_runs"]
+           "holdout_split", "corrected_records"]

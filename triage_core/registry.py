@@ -83,11 +83,6 @@ class ModelRegistry:
                 raise RegistryError(f"{name}@{version} is already registered") from None
             return ModelInfo.from_row(row)
 
-    def update_metrics(self, ref: str | int, metrics: dict[str, Any]) -> None:
-        with self.store.session() as s:
-            row = self._find(s, ref)
-            row.metrics = {**row.metrics, **metrics}
-
     def promote(self, ref: str | int) -> ModelInfo:
         """Make `ref` the champion; the previous champion is retired (and is what `rollback` returns to)."""
         with self.store.session() as s:
