@@ -140,7 +140,8 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
             events.append({"ref": ticket.ref, "event_id": res.event_id, "job_id": res.job_id,
                            "duplicate": not res.created})
         log.info("webhook %s: %d event(s) accepted", connector, len(events))
-        return jsonify({"accepted": events}), 202
+        # 202 unless the vendor requires another success status (Zoho Desk counts anything but 200 as failed)
+        return jsonify({"accepted": events}), int(getattr(conn, "webhook_status", 202))
 
     @app.get("/webhooks/<connector>")
     def webhook_check(connector: str):

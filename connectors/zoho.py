@@ -125,6 +125,9 @@ class ZohoConnector:
     read-only after start-up)."""
 
     name = NAME
+    #: Zoho counts a delivery as received only on exactly 200 OK; any other answer is a failed delivery, and 410 Gone
+    #: deletes the subscription (desk.zoho.com/support/WebhookDocument.do). The webhook route reads this.
+    webhook_status = 200
 
     def __init__(self, client: VendorClient, keys: _Keys, org_id: str, field_map: FieldMap, *,
                  webhook_ids: Iterable[str] = (), team_departments: Mapping[str, str] | None = None,
