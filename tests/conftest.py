@@ -1,13 +1,27 @@
-"""Shared fixtures. Model tests use the real bundled model (SmolLM2-135M-Instruct); it is loaded once per session."""
+"""Shared fixtures. Model tests use the real bundled model (SmolLM2-135M-Instruct); it is loaded once per session.
+
+Every test that loads the model is marked `slow`, so `pytest -m "not slow"` is a fast loop: tests that use the
+session `triager` fixture (directly or through `live_daemon`) are marked here; tests that load the model another
+way (a `ticket-triage` subprocess, `Triager.from_config`, a training run) carry `@pytest.mark.slow` themselves.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from triage_core import Triager, load_config
+from triage_core import Triager, load_config, load_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Fixtures that load the real model; a test depending on one (even indirectly) is slow.
+MODEL_FIXTURES = {"triager"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +35,9 @@ def triager(config):
 
 
 @pytest.fixture(scope="session")
-def taxonomy(triager):
-    return triager.taxonomy
+def taxonomy(config):
+    """The configured taxonomy file, parsed: no model needed."""
+    return load_taxonomy(config.taxonomy_path)
 
 
 class LiveDaemon:

@@ -25,6 +25,7 @@ def test_help_lists_subcommands():
     assert "triage" in out and "taxonomy" in out
 
 
+@pytest.mark.slow
 def test_triage_text_json():
     code, out, err = run("triage", "--json", "Outlook crashes when I open a shared calendar")
     assert code == 0, err
@@ -33,12 +34,14 @@ def test_triage_text_json():
     assert data["ticket"]["request_type"] in ("Incident", "Service Request")
 
 
+@pytest.mark.slow
 def test_triage_stdin_and_human_output():
     code, out, err = run("triage", "-", stdin="El wifi de la sala 2 no funciona".encode())
     assert code == 0, err
     assert "category:" in out and "confidence" not in out and "%" in out
 
 
+@pytest.mark.slow
 def test_triage_file_jsonl(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"id": "A-1", "text": "cannot log in to SAP"}\n\n"printer jam on floor 2"\n')
@@ -70,6 +73,7 @@ def test_bad_jsonl_line_names_the_line(tmp_path):
     assert code != 0 and f"{path}:2: not JSON" in err
 
 
+@pytest.mark.slow
 def test_long_text_is_truncated_with_a_warning():
     code, out, err = run("triage", "--json", "Disk full on file server. " * 300,
                          env={"TRIAGE_DECODING_MAX_TICKET_TOKENS": "64"})

@@ -20,6 +20,8 @@ import requests
 
 from test_cli import EXE
 
+pytestmark = pytest.mark.slow  # every test starts a real daemon process, which loads the model
+
 SECRET = "test-webhook-secret"
 TOKEN = "test-api-token"
 

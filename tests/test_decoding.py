@@ -9,6 +9,9 @@ import torch
 from triage_core import Triager, load_config, load_taxonomy, parse_taxonomy
 
 
+pytestmark = pytest.mark.slow  # a float32 copy of the real model
+
+
 @pytest.fixture(scope="module")
 def fp32_triager():
     """float32, so batched tree scores and the reference agree to rounding error; the summary comes last, so

@@ -97,6 +97,7 @@ def test_models_and_retrain_commands(tmp_path):
     assert report["state"] == "dry-run" and report["counts"]["sources"] == {"corrections": 0}
 
 
+@pytest.mark.slow
 def test_watcher_serves_the_champion_from_the_start_and_skips_one_that_does_not_load(url, config):
     """A daemon starting after a promotion serves the champion's adapter from the start; a broken one is
     skipped once, and the configured adapter serves instead."""

@@ -93,6 +93,7 @@ def test_tiny_lora_run_changes_the_adapter_and_writes_metadata(tmp_path, cfg, tr
     assert resumed.steps == 4
 
 
+@pytest.mark.slow
 def test_tiny_qlora_run_on_cpu_saves_an_adapter_that_triages(tmp_path, cfg):
     out = tmp_path / "qlora"
     train(RECORDS, parse_taxonomy_default(cfg), cfg["model"], settings(cfg, qlora=True, max_steps=2), out,

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from test_cli import run
 
 
+@pytest.mark.slow
 def test_generate_train_eval_loop(tmp_path):
     data = tmp_path / "data"
     code, out, err = run("generate", "--n", "60", "--seed", "5", "--out", str(data), "--json")
