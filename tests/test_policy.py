@@ -153,4 +153,17 @@ def test_config_errors_name_the_key(section, key):
 def test_without_taxonomy_any_field_name_is_accepted():
     p = Policy.from_config({"fields": {"impact": {"mode": "suggest", "threshold": 0.7}}})
     assert p.rule("impact") == FieldRule("suggest", 0.7) and p.rule("priority") == FieldRule("apply", 0.5)
-    assert isinstance(p.plan(result(), ticket()), WritebackPlan)
+    plan = p.plan(result(), ticket())  # no taxonomy: every field of the result follows its rule
+    assert isinstance(plan, WritebackPlan)
+    assert plan.apply == result().ticket and plan.suggest == {} and plan.held == {}
+    custom = TriageResult(ticket={"impact": "Wide", "category": "Network", "urgency": "Now"},
+                          confidence={"impact": 0.8, "category": 0.4, "urgency": 0.9},
+                          model={"base": "SmolLM2-135M-Instruct", "adapter": None}, latency_ms=1)
+    plan = p.plan(custom, ticket())
+    assert plan.suggest == {"impact": "Wide"}  # its own rule: suggested, above its 0.7
+    assert plan.apply == {"urgency": "Now"}  # an unnamed field gets the default rule (apply, 0.5)
+    assert plan.held == {"category": "below threshold 0.50 (0.40)"} and plan.needs_review
+    low = TriageResult(ticket={"impact": "Wide"}, confidence={"impact": 0.6},
+                       model={"base": "SmolLM2-135M-Instruct", "adapter": None}, latency_ms=1)
+    plan = p.plan(low, ticket())
+    assert plan.suggest == {} and plan.held == {"impact": "below threshold 0.70 (0.60)"}
