@@ -190,11 +190,13 @@ def top_up(train: list[Record], taxonomy: Taxonomy, per_label: int, minimum: int
     from .synthetic import generate
 
     counts = Counter((name, value) for r in train for name, value in r["labels"].items())
-    wanted = {(f.name, v) for f in taxonomy.enum_fields if f.parent is None for v in f.values
-              if counts[(f.name, v)] < minimum}
+    # Only fields the real data labels: a synthetic record keeps just those, so one drawn for another field's
+    # label would add nothing rare.
+    fields_seen = {name for r in train for name in r["labels"]}
+    wanted = {(f.name, v) for f in taxonomy.enum_fields if f.parent is None and f.name in fields_seen
+              for v in f.values if counts[(f.name, v)] < minimum}
     if not wanted or per_label <= 0:
         return []
-    fields_seen = {name for r in train for name in r["labels"]}
     pool = generate(taxonomy, n=max(200, 8 * per_label * len(wanted)), seed=seed)
     extra, taken = [], Counter()
     for r in pool:
