@@ -132,6 +132,9 @@ class GenericConnector:
         if 200 <= status < 300:
             return WritebackOutcome("applied", status)
         reason = f"callback answered {status} {response.reason or ''}".strip()
+        message = " ".join(response.text[:300].split())  # the vendor's own words (deleted ticket, permission)
+        if message:
+            reason += f": {message}"
         if status == 429 or status >= 500:
             raise WritebackError(reason, retryable=True, status=status,
                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
