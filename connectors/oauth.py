@@ -1,10 +1,13 @@
 """OAuth 2.0 refresh-token auth for Zoho's APIs (Zoho Desk, ServiceDesk Plus Cloud).
 
-Zoho issues access tokens that live an hour and allows only about ten per ten minutes per refresh token, so the
-token is cached until shortly before it expires, shared by every thread, refreshed under a lock (one refresh for a
-burst of requests) and dropped once on a 401. The accounts server is regional (accounts.zoho.com, .eu, .in,
-.com.au, .jp, accounts.zohocloud.ca): it comes from config as a whole URL, never built from a region suffix.
-Tokens never reach logs, reprs or exception messages.
+Zoho issues access tokens that live an hour and allows only ten per ten minutes per refresh token ("Refresh access
+token", zoho.com/accounts/protocol/oauth/web-apps/access-token-expiry.html), so the token is cached until shortly
+before it expires, shared by every thread, refreshed under a lock (one refresh for a burst of requests) and dropped
+once on a 401. Past the limit Zoho answers "Access Denied" and blocks new tokens for the rest of the ten minutes:
+that answer is temporary, so it is a retryable error with a growing delay, and the accounts server is not asked
+again before the delay is over. The accounts server is regional (accounts.zoho.com, .eu, .in, .com.au, .jp,
+.com.cn, .sa, .uk, accounts.zohocloud.ca; zoho.com/accounts/protocol/oauth/multi-dc.html): it comes from config as
+a whole URL, never built from a region suffix. Tokens never reach logs, reprs or exception messages.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ from .http import VendorError, vendor_message
 EXPIRY_MARGIN = 120.0
 #: A 401 within this many seconds of a refresh is not worth another refresh (the credentials are wrong).
 MIN_REFRESH_INTERVAL = 5.0
+#: The first wait after Zoho refuses a token for its generation limit, doubled on each refusal up to DENIED_MAX
+#: (the block lasts at most the rest of Zoho's ten-minute window).
+DENIED_BACKOFF = 60.0
+DENIED_MAX = 600.0
 
 
 class ZohoRefreshAuth:
@@ -43,7 +50,9 @@ class ZohoRefreshAuth:
         self._token: str | None = None
         self._expires_at = 0.0
         self._fetched_at = -1e9
-        self.refreshes = 0  # how many tokens this process asked for (the vendor rations them)
+        self._denied_until = -1e9  # no token request before this instant (Zoho's generation limit)
+        self._denials = 0  # refusals in a row, for the backoff
+        self.refreshes = 0  # how many tokens this process got (the vendor rations them)
 
     def __repr__(self) -> str:
         return f"ZohoRefreshAuth({self.token_url!r})"
@@ -60,7 +69,10 @@ class ZohoRefreshAuth:
 
     def _access_token(self) -> str:
         with self._lock:
-            if self._token is None or self._clock() >= self._expires_at:
+            now = self._clock()
+            if self._token is None or now >= self._expires_at:
+                if now < self._denied_until:  # still inside Zoho's block: asking again would only fail
+                    raise _denied(self._denied_until - now)
                 self._refresh()
             assert self._token is not None
             return self._token
@@ -72,27 +84,60 @@ class ZohoRefreshAuth:
             response = self._session.post(self.token_url, data=form, timeout=self.timeout, allow_redirects=False)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise VendorError(f"Zoho accounts server unreachable: {type(exc).__name__}", retryable=True) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and _is_generation_limit(data):  # answered with 200 or 400: both are temporary
+            self._denials += 1
+            wait = min(DENIED_MAX, DENIED_BACKOFF * 2 ** (self._denials - 1))
+            self._denied_until = self._clock() + wait
+            raise _denied(wait)
         if response.status_code != 200:
             retryable = response.status_code == 429 or response.status_code >= 500
             raise VendorError(f"Zoho token refresh answered {response.status_code}: {vendor_message(response)}",
                               retryable=retryable, status=response.status_code)
-        try:
-            data = response.json()
-        except ValueError:
-            raise VendorError("Zoho token refresh answered a body that is not JSON", retryable=True) from None
+        if data is None:
+            raise VendorError("Zoho token refresh answered a body that is not JSON", retryable=True)
         token = data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             # Zoho answers 200 {"error": "invalid_code"} for a revoked or wrong refresh token.
             error = data.get("error") if isinstance(data, dict) else None
             raise VendorError(f"Zoho token refresh failed: {error or 'no access_token in the answer'}",
                               retryable=False, status=401)
-        expires_in = data.get("expires_in", 3600)
-        try:
-            expires_in = float(expires_in)
-        except (TypeError, ValueError):
-            expires_in = 3600.0
+        lifetime = _lifetime(data)
         now = self._clock()
         self._token = token
         self._fetched_at = now
-        self._expires_at = now + max(0.0, expires_in - EXPIRY_MARGIN)
+        self._expires_at = now + lifetime - min(EXPIRY_MARGIN, lifetime / 10)
+        self._denials = 0
         self.refreshes += 1
+
+
+def _lifetime(data: dict) -> float:
+    """Seconds the token lives. `expires_in_sec` first: older accounts answers carry `expires_in` in milliseconds
+    next to it (3600000 beside 3600), which taken as seconds would keep a dead token for forty days."""
+    for key in ("expires_in_sec", "expires_in"):
+        value = data.get(key)
+        if isinstance(value, bool):
+            continue
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if 0 < seconds < float("inf"):
+            return seconds
+    return 3600.0
+
+
+def _is_generation_limit(data: dict) -> bool:
+    """Zoho's answer once the ten-tokens-per-ten-minutes limit is reached: {"error": "Access Denied",
+    "error_description": "You have made too many requests continuously..."}."""
+    error = str(data.get("error") or "").strip().lower().replace("_", " ")
+    description = str(data.get("error_description") or "").lower()
+    return error == "access denied" or "too many requests" in description or "generation limit" in description
+
+
+def _denied(wait: float) -> VendorError:
+    return VendorError(f"Zoho refused a new access token (Access Denied: the token generation limit, ten per ten "
+                       f"minutes); trying again in {wait:.0f} s", retryable=True, retry_after=wait, status=429)

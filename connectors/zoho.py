@@ -268,15 +268,24 @@ class ZohoConnector:
                 continue
             if name == "assignment_group" and label in self.team_departments:
                 update["departmentId"] = str(self.team_departments[label])
-        status = None
-        if update:
-            status = self.client.request("PATCH", path, json_body=update).status_code
+        status = self._patch(path, update) if update else None
         if plan.needs_review and plan.review_marker:
             self.client.request("POST", path + "/associateTag", json_body={"tags": [plan.review_marker]})
         response = self.client.request("POST", path + "/comments",
                                        json_body={"isPublic": False, "contentType": "plainText", "content": plan.note})
         return WritebackOutcome("applied", status or response.status_code,
                                 f"fields {sorted(update)}" if update else "comment only")
+
+    def _patch(self, path: str, update: Mapping[str, str]) -> int:
+        """The field update. Zoho refuses the whole update with 422 INVALID_DATA when one value is not in the
+        portal's layout (DeskAPIDocument#Errors); the error then says what was sent, so the field map can be fixed."""
+        try:
+            return self.client.request("PATCH", path, json_body=dict(update)).status_code
+        except VendorError as exc:
+            if exc.status != 422:
+                raise
+            raise VendorError(f"{exc} (sent {dict(update)}: check connectors.settings.{NAME}.field_map against the "
+                              "portal's picklists, teams and departments)", retryable=False, status=422) from None
 
     def closed_tickets(self, since: Any) -> Iterator[dict]:
         """Labelled records (DESIGN.md) of tickets closed after `since` (datetime, date, ISO string or None),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from connectors import oauth
 from connectors.base import (Connector, ConnectorConfigError, FieldChange, TicketReader, WebhookRejected,
                              load_connectors)
 from connectors.http import VendorError
@@ -17,7 +18,8 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
 
-from fake_zoho import CLIENT_ID, CLIENT_SECRET, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho, rsa_key, zoho_time
+from fake_zoho import (CLIENT_ID, CLIENT_SECRET, DEPARTMENT_ID, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho, rsa_key,
+                       zoho_time)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"TRIAGE_ZOHO_CLIENT_ID": CLIENT_ID, "TRIAGE_ZOHO_CLIENT_SECRET": CLIENT_SECRET,
@@ -30,6 +32,7 @@ FIELD_MAP = {"category": "same", "subcategory": "same",
              "request_type": {"Incident": "Problem", "Service Request": "Question"},
              "assignment_group": TEAMS}
 FACILITIES_DEPT = "4000000009999"
+TAXONOMY = load_taxonomy(ROOT / "config" / "taxonomy.yaml")
 
 
 def settings(fake: FakeZoho, **over) -> dict:
@@ -39,7 +42,12 @@ def settings(fake: FakeZoho, **over) -> dict:
 
 @pytest.fixture()
 def fake():
+    """A portal laid out for FIELD_MAP: the taxonomy's categories, one team per group (Facilities in its own
+    department)."""
     f = FakeZoho()
+    f.set_categories(TAXONOMY["subcategory"].children)
+    for label, team in TEAMS.items():
+        f.add_team(team, FACILITIES_DEPT if label == "Facilities" else DEPARTMENT_ID)
     yield f
     assert not f.problems, f.problems  # the connector never broke Zoho's documented contract
     f.close()
@@ -210,6 +218,57 @@ def test_invalid_refresh_token_is_a_clear_final_error(fake):
     assert not fake.calls("GET", "/api/v1/tickets/11")
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["expires_in", "expires_in_sec beside expires_in in ms"])
+def test_access_tokens_expire_and_are_renewed_before_zoho_refuses_them(conn, fake, legacy):
+    fake.accounts.lifetime, fake.accounts.legacy_expiry = 1.0, legacy  # Zoho's hour, shrunk
+    fake.add_ticket("11", "Outlook crashes")
+    conn.read_ticket(InboundTicket("zoho", "11", "k", "x"))
+    time.sleep(1.05)  # the first token is dead now; Zoho would answer 401 INVALID_OAUTH to it
+    assert conn.read_ticket(InboundTicket("zoho", "11", "k", "x")).text == "Outlook crashes"
+    first, second = fake.calls("GET", "/api/v1/tickets/11")  # no 401 and no second try: renewed beforehand
+    assert first.header("Authorization") != second.header("Authorization")
+    assert second.header("Authorization") == f"Zoho-oauthtoken {fake.accounts.order[-1]}"
+    assert len(fake.calls("POST", "/oauth/v2/token")) == 2
+
+
+def test_token_generation_limit_is_temporary_and_retried_with_backoff(conn, fake, monkeypatch):
+    monkeypatch.setattr(oauth, "DENIED_BACKOFF", 0.4)
+    fake.accounts.limit, fake.accounts.window = 1, 1.0  # one token per second instead of ten per ten minutes
+    fake.add_ticket("11", "Outlook crashes")
+    conn.read_ticket(InboundTicket("zoho", "11", "k", "x"))
+    fake.expire_tokens()  # revoked on Zoho's side: the next call needs a new token, inside the limit's window
+    conn.client.auth._fetched_at -= 60
+    t0 = time.monotonic()
+    assert conn.read_ticket(InboundTicket("zoho", "11", "k", "x")).text == "Outlook crashes"
+    assert time.monotonic() - t0 >= 0.4 + 0.8  # Access Denied twice, waiting 0.4 s then 0.8 s
+    assert fake.accounts.denied == 2 and len(fake.accounts.order) == 2
+    assert len(fake.calls("POST", "/oauth/v2/token")) == 4  # never asked again inside a wait
+
+
+def test_values_outside_the_portal_layout_are_refused_with_what_was_sent(fake):
+    fake.add_ticket("41", "Printer jams")
+    wrong = {**FIELD_MAP, "priority": {"Low": "Low", "Medium": "Medium", "High": "High", "Critical": "Critical"}}
+    conn = from_config(settings(fake, field_map=wrong), ENV)
+    with pytest.raises(VendorError) as err:  # Zoho's priorities are Low, Medium, High, Urgent
+        conn.write_back(InboundTicket("zoho", "41", "k", "x"), plan(apply={"priority": "Critical"}),
+                        result(priority="Critical"))
+    assert err.value.status == 422 and not err.value.retryable
+    assert "INVALID_DATA" in str(err.value) and "'priority': 'Critical'" in str(err.value)
+    assert fake.tickets["41"]["priority"] is None and "41" not in fake.comments  # nothing half-written
+    # a team belongs to one department: Desktop Support cannot take a ticket of the Facilities department
+    fake.add_ticket("42", "Broken chair", departmentId=FACILITIES_DEPT)
+    conn = from_config(settings(fake), ENV)
+    with pytest.raises(VendorError, match="INVALID_DATA"):
+        conn.write_back(InboundTicket("zoho", "42", "k", "x"), plan(apply={"assignment_group": "Desktop Support"}),
+                        result(assignment_group="Desktop Support"))
+    [refused] = fake.calls("PATCH", "/api/v1/tickets/42")
+    assert refused.json() == {"teamId": TEAMS["Desktop Support"]} and fake.tickets["42"]["teamId"] is None
+    # the same portal takes the values it has
+    conn.write_back(InboundTicket("zoho", "42", "k", "x"), plan(apply={"assignment_group": "Facilities"}),
+                    result(assignment_group="Facilities"))
+    assert fake.tickets["42"]["teamId"] == TEAMS["Facilities"]
+
+
 def test_429_is_retried_after_retry_after(conn, fake):
     fake.add_ticket("11", "Outlook crashes")
     fake.fail_next("GET", "/api/v1/tickets/11", 429, {"errorCode": "TOO_MANY_REQUESTS", "message": "slow down"},
@@ -314,11 +373,13 @@ def test_end_to_end_webhook_read_back_triage_and_write_back(fake, live_daemon, t
     daemon = live_daemon({"connectors": {"enabled": ["zoho"], "settings": {"zoho": settings(fake)}},
                           "policy": {"default_threshold": 0.0}}, env=ENV)
     # The delivery's payload says something else: only the API's ticket may be triaged.
-    body, headers = fake.delivery(ticket_add("1892000000555001", subject="Please order a new office chair"))
-    r = requests.post(daemon.url + "/webhooks/zoho", data=body, headers=headers, timeout=10)
-    assert r.status_code == 202, r.text
-    again = requests.post(daemon.url + "/webhooks/zoho", data=body, headers=fake.delivery()[1], timeout=10)
-    assert again.json()["accepted"][0]["duplicate"] is True
+    event = ticket_add("1892000000555001", subject="Please order a new office chair")
+    first = fake.deliver(daemon.url + "/webhooks/zoho", event)
+    assert (first.status, first.ok) == (200, True), first  # Zoho counts anything but 200 OK as a failed delivery
+    again = fake.deliver(daemon.url + "/webhooks/zoho", event)  # a redelivery, with a fresh token
+    assert again.ok and json.loads(again.body)["accepted"][0]["duplicate"] is True
+    assert not fake.failed_deliveries and fake.subscribed
+    body, _ = fake.delivery(event)
     assert requests.post(daemon.url + "/webhooks/zoho", data=body, timeout=10).status_code == 401
     daemon.wait_idle(done=1)
 
