@@ -11,9 +11,12 @@ body is never trusted or queued.
 The list answer carries no description, so each new request is read with GET /requests/{id} (one call per new
 ticket; the triage needs the body). Write-back is one PUT /requests/{id} with the mapped fields as {"name": ...}
 objects (an integer in the field map is sent as {"id": ...}), then one note hidden from the requester: Cloud wraps
-it as `request_note`, on-premises as `note`. Every call sends `Accept: application/vnd.manageengine.sdp.v3+json`
+it as `request_note` (with notify_technician), on-premises as `note` (whose attributes do not include it:
+sdpop-v3-api/requests/request_note.html). Every call sends `Accept: application/vnd.manageengine.sdp.v3+json`
 and, for multi-portal on-premises instances, `PORTALID`; parameters travel as `input_data` (a query parameter on
-GET, a form field on PUT/POST), as SDP documents.
+GET, a form field on PUT/POST), as SDP documents. Search criteria are one object whose further criteria are its
+`children`, each with a `logical_operator` (getting-started/search-criteria.html). Errors name SDP's status code
+and what it means, so a refused key (4022) never reads like a refused field value (4001).
 
 Settings (connectors.settings.servicedesk): see DEFAULTS; secrets only through the *_env settings.
 """
@@ -73,6 +76,18 @@ ATTRIBUTES = {"category": "category", "subcategory": "subcategory", "priority": 
               "assignment_group": "group", "request_type": "request_type"}
 MAX_WEBHOOK_BYTES = 65536
 MAX_TEXT = 20000
+#: SDP's own status codes (getting-started/common-error-code.html) and what to check for each.
+SDP_CODES = {
+    4001: "an id or name in the input does not exist, is not in use or cannot be set: check the field map "
+          "against the instance's values",
+    4002: "forbidden: the technician may not do this",
+    4007: "no such request or URL",
+    4012: "a mandatory field has no value",
+    4015: "the API rate limit is reached",
+    4022: "the API key or OAuth token was refused: check the technician key (on-premises) or the Zoho OAuth "
+          "credentials (Cloud)",
+}
+_CODE = re.compile(r"^(4\d{3})\b")
 
 @dataclass(frozen=True)
 class Cursor:
@@ -142,8 +157,8 @@ class ServiceDeskConnector:
         """Open requests created after the cursor, oldest first, at most `max_pages` pages per poll."""
         start = self._start_cursor(cursor)
         ms, seen = start.ms, set(start.seen)
-        criteria = [{"field": "created_time", "condition": "greater or equal", "value": str(start.ms)},
-                    {**_status_criterion(self.open_statuses), "logical_operator": "AND"}]
+        criteria = _all_of({"field": "created_time", "condition": "greater or equal", "value": str(start.ms)},
+                           _status_criterion(self.open_statuses))
         tickets = []
         for req in self._list(criteria, "created_time", self.max_pages):
             rid, created = str(req.get("id", "")), _ms(req.get("created_time"))
@@ -166,7 +181,7 @@ class ServiceDeskConnector:
                 log.warning("%s: unreadable cursor %r, starting from the look-back window", NAME, cursor[:80])
         return Cursor(int((time.time() - self.lookback_minutes * 60) * 1000))
 
-    def _list(self, criteria: list[dict], sort_field: str, max_pages: int | None) -> Iterator[dict]:
+    def _list(self, criteria: dict, sort_field: str, max_pages: int | None) -> Iterator[dict]:
         """Requests matching `criteria`, page by page (start_index is 1-based) while has_more_rows."""
         start, pages = 1, 0
         while max_pages is None or pages < max_pages:
@@ -233,8 +248,10 @@ class ServiceDeskConnector:
         if fields:
             self._call("PUT", path, data={"input_data": _dumps({"request": fields})})
         wrapper = "request_note" if self.cloud else "note"
-        note = {"description": plan.note, "show_to_requester": False, "notify_technician": False,
-                "mark_first_response": False, "add_to_linked_requests": False}
+        note = {"description": plan.note, "show_to_requester": False, "mark_first_response": False,
+                "add_to_linked_requests": False}
+        if self.cloud:  # only the Cloud note has it (sdpod- vs sdpop-v3-api/requests/request_note.html)
+            note["notify_technician"] = False
         status = self._call("POST", f"{path}/notes", data={"input_data": _dumps({wrapper: note})}, status=True)
         written = ", ".join(k for k in fields if k != "udf_fields") or "no field"
         return WritebackOutcome("applied", status, f"updated {written}; note added")
@@ -262,14 +279,13 @@ class ServiceDeskConnector:
 
     def closed_tickets(self, since: Any) -> Iterator[dict]:
         """Labelled records (DESIGN.md) of requests closed or resolved after `since` (datetime, ISO or None)."""
-        criteria = [_status_criterion(self.closed_statuses)]
+        criteria = _status_criterion(self.closed_statuses)
         if since is not None:
             when = datetime.fromisoformat(since) if isinstance(since, str) else since
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
-            criteria = [{"field": "completed_time", "condition": "greater than",
-                         "value": str(int(when.timestamp() * 1000))},
-                        {**criteria[0], "logical_operator": "AND"}]
+            criteria = _all_of({"field": "completed_time", "condition": "greater than",
+                                "value": str(int(when.timestamp() * 1000))}, criteria)
         for req in self._list(criteria, "completed_time", None):
             full = self._detail(req)
             text = _text(full) if full else ""
@@ -286,7 +302,10 @@ class ServiceDeskConnector:
 
     def _call(self, method: str, path: str, *, status: bool = False, **kw: Any) -> Any:
         """A v3 call; a 2xx whose response_status says failed is a (permanent) error too."""
-        response = self.client.request(method, path, **kw)
+        try:
+            response = self.client.request(method, path, **kw)
+        except VendorError as exc:
+            raise _explained(exc) from None
         try:
             data = response.json() if response.content else {}
         except ValueError:
@@ -297,7 +316,10 @@ class ServiceDeskConnector:
             if isinstance(item, dict) and str(item.get("status", "success")).lower() == "failed":
                 messages = "; ".join(str(m.get("message", m)) for m in item.get("messages") or []
                                      if isinstance(m, dict))
-                raise VendorError(f"{NAME} {method} {path} failed: {messages or item.get('status_code')}",
+                codes = [m.get("status_code") for m in item.get("messages") or [] if isinstance(m, dict)]
+                code = next((c for c in codes if isinstance(c, int) and c in SDP_CODES), None)
+                meaning = f"{SDP_CODES[code]} ({code}): " if code else ""
+                raise VendorError(f"{NAME} {method} {path} failed: {meaning}{messages or item.get('status_code')}",
                                   retryable=False, status=response.status_code)
         return response.status_code if status else (data if isinstance(data, dict) else {})
 
@@ -326,6 +348,24 @@ def _ms(value: Any) -> int | None:
 
 def _status_criterion(statuses: list[str]) -> dict[str, Any]:
     return {"field": "status.name", "condition": "is", "values": list(statuses)}
+
+
+def _all_of(first: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
+    """Criteria joined by AND in SDP's documented form: the first one, the rest as its children."""
+    return {**first, "children": [{**c, "logical_operator": "AND"} for c in more]} if more else dict(first)
+
+
+def _explained(exc: VendorError) -> VendorError:
+    """The client's error with SDP's status code spelled out: the vendor text after "answered NNN: " starts with
+    the code of each message (connectors.http.vendor_message)."""
+    text = str(exc)
+    detail = text.split(": ", 1)[1] if ": " in text else ""
+    codes = [int(m.group(1)) for part in detail.split("; ") if (m := _CODE.match(part.strip()))]
+    code = next((c for c in codes if c in SDP_CODES), None)
+    if code is None:
+        return exc
+    return VendorError(f"{text} -> {SDP_CODES[code]} ({code})", retryable=exc.retryable,
+                       retry_after=exc.retry_after, status=exc.status)
 
 
 def _dumps(data: Any) -> str:

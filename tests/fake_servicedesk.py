@@ -4,20 +4,30 @@ It checks what SDP documents and refuses anything else as a `Problem`: the v3 Ac
 auth header of the edition (`authtoken` on-premises, `Authorization: Zoho-oauthtoken` on Cloud, with the portal
 in the path /app/<portal>/api/v3), PORTALID when the instance has several portals, `input_data` as a query
 parameter on GET and as the only field of a form-encoded body on PUT/POST, list_info keys and search criteria
-({field, condition, value|values, logical_operator}), {"name"}/{"id"} objects on edit, and the note wrapper of the
-edition (`request_note` on Cloud, `note` on-premises). Answers use SDP's shapes: list answers carry `requests`,
+(one {field, condition, value|values} object whose further criteria are `children` carrying `logical_operator`),
+{"name"}/{"id"} objects on edit, and the note wrapper and attributes of the edition (`request_note` on Cloud with
+notify_technician, `note` on-premises without it). Like a real instance it refuses lookup values it does not have
+(a category, subcategory outside its category, priority, group or request type) with status code 4001, a bad
+technician key or OAuth token with 4022 and HTTP 401, and its Zoho accounts server (served on the same port,
+tests/fake_zoho.Accounts) rations and expires tokens. Answers use SDP's shapes: list answers carry `requests`,
 `list_info` (has_more_rows, start_index, row_count) and a `response_status` list, single-entity answers a
 `response_status` object, errors {"response_status": {"status_code": 4000, "messages": [...], "status": "failed"}}.
-Lists omit `description`, as SDP's list view does. The Zoho accounts token endpoint is served on the same port.
+Lists omit `description`, as SDP's list view does.
+
+Every rule names the page it follows, under manageengine.com/products/service-desk/: sdpop-v3-api/ (on-premises)
+and sdpod-v3-api/ (Cloud), getting-started/ and requests/.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 from fake_vendor import FakeVendor, Problem, Reply, Request
+from fake_zoho import Accounts
+from triage_core.taxonomy import load_taxonomy
 
 ACCEPT = "application/vnd.manageengine.sdp.v3+json"
 FORM = "application/x-www-form-urlencoded"
@@ -28,11 +38,31 @@ _CONDITIONS = {"is": "eq", "=": "eq", "eq": "eq", "greater than": "gt", "gt": "g
                "gte": "gte", "lesser than": "lt", "lt": "lt", "lesser or equal": "lte", "lte": "lte"}
 _CRITERIA_FIELDS = {"created_time", "completed_time", "status.name"}
 _EDITABLE = {"category", "subcategory", "priority", "group", "request_type", "impact", "urgency", "level", "mode"}
+#: Lookups the fake knows the values of; the others (impact, urgency, level, mode) accept any name.
+_LOOKUPS = ("category", "subcategory", "priority", "group", "request_type")
+#: Note attributes per edition (requests/request_note.html): Cloud (sdpod) lists notify_technician, on-premises
+#: (sdpop) lists only these four.
+NOTE_FLAGS = {"onprem": {"show_to_requester", "mark_first_response", "add_to_linked_requests"},
+              "cloud": {"show_to_requester", "notify_technician", "mark_first_response", "add_to_linked_requests"}}
+#: getting-started/common-error-code.html: 4001 (HTTP 400) "Id or Name given in Input does not exist or not in use or
+#: user cannot set the value"; 4007 (404) resource not found; 4022 (401) "Invalid API Key".
+NO_SUCH_VALUE, NOT_FOUND, INVALID_KEY = 4001, 4007, 4022
+TAXONOMY = Path(__file__).resolve().parent.parent / "config" / "taxonomy.yaml"
 
 
-def sdp_error(status_code: int, message: str) -> dict:
-    return {"response_status": {"status_code": 4000, "status": "failed",
-                                "messages": [{"status_code": status_code, "type": "failed", "message": message}]}}
+def sdp_error(status_code: int, message: str, field: str | None = None) -> dict:
+    item = {"status_code": status_code, "type": "failed", "message": message, **({"field": field} if field else {})}
+    return {"response_status": {"status_code": 4000, "status": "failed", "messages": [item]}}
+
+
+def taxonomy_lookups(path: Path = TAXONOMY) -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+    """An instance set up with the default taxonomy's names: (lookup -> {id: name}, category -> subcategories)."""
+    taxonomy = load_taxonomy(path)
+    lookups = {field: {str(i): name for i, name in enumerate(taxonomy[label].values, 1)}
+               for field, label in (("category", "category"), ("priority", "priority"),
+                                    ("group", "assignment_group"), ("request_type", "request_type"))}
+    subcategories = {c: set(subs) for c, subs in taxonomy["subcategory"].children.items()}
+    return lookups, subcategories
 
 
 def when(ms: int) -> dict:
@@ -46,9 +76,8 @@ class FakeServiceDesk(FakeVendor):
         super().__init__()
         assert edition in ("onprem", "cloud")
         self.edition, self.api_key, self.portal, self.portal_id = edition, api_key, portal, portal_id
-        self.oauth = {"client_id": client_id, "client_secret": client_secret, "refresh_token": refresh_token,
-                      "grant_type": "refresh_token"}
-        self.tokens: list[str] = []  # issued access tokens; only the newest is valid
+        self.accounts = Accounts(client_id, client_secret, refresh_token)
+        self.lookups, self.subcategories = taxonomy_lookups()
         self.tickets: dict[str, dict] = {}
         self.notes: dict[str, list[dict]] = {}
         self.edits: dict[str, list[dict]] = {}
@@ -58,6 +87,15 @@ class FakeServiceDesk(FakeVendor):
     @property
     def prefix(self) -> str:
         return f"/app/{self.portal}/api/v3" if self.edition == "cloud" else "/api/v3"
+
+    @property
+    def tokens(self) -> list[str]:
+        """Access tokens the accounts server issued, oldest first."""
+        return list(self.accounts.order)
+
+    def set_lookup(self, field: str, names: Iterable[str]) -> None:
+        """The instance's values of a lookup (ids 1, 2, ... in order), e.g. its support groups."""
+        self.lookups[field] = {str(i): name for i, name in enumerate(names, 1)}
 
     # -- test helpers ---------------------------------------------------------------------------------------
 
@@ -91,8 +129,9 @@ class FakeServiceDesk(FakeVendor):
     # -- routing --------------------------------------------------------------------------------------------
 
     def route(self, req: Request) -> Reply:
-        if req.path == "/oauth/v2/token":
-            return self._token(req)
+        if req.path == "/oauth/v2/token":  # sdpod-v3-api/getting-started/oauth-2.0.html: Zoho's accounts server
+            return self.accounts.answer(req)
+        # sdpod-v3-api/getting-started/data-centers.html (Cloud: /app/<portal>/api/v3), sdpop: /api/v3
         if not req.path.startswith(self.prefix + "/"):
             raise Problem(f"{self.edition} API paths start with {self.prefix}/")
         denied = self._check_common(req)
@@ -108,23 +147,25 @@ class FakeServiceDesk(FakeVendor):
         raise Problem("no such endpoint")
 
     def _check_common(self, req: Request) -> Reply | None:
-        if req.header("Accept") != ACCEPT:
+        if req.header("Accept") != ACCEPT:  # getting-started/api-request.html: the v3 Accept header on every call
             raise Problem(f"Accept must be {ACCEPT}, got {req.header('Accept')!r}")
         if self.portal_id is not None and req.header("PORTALID") != self.portal_id:
+            # sdpop-v3-api/getting-started/api-request.html: PORTALID picks the portal of a multi-portal instance
             raise Problem(f"PORTALID header must be {self.portal_id}, got {req.header('PORTALID')!r}")
-        if self.edition == "onprem":
+        if self.edition == "onprem":  # sdpop-v3-api/getting-started/authentication.html: the authtoken header
             if req.header("Authorization"):
                 raise Problem("on-premises authenticates with the authtoken header, not Authorization")
-            if req.header("authtoken") != self.api_key:
-                return Reply(401, sdp_error(4001, "Invalid authtoken"))
-        else:
+            if req.header("authtoken") != self.api_key:  # common-error-code.html: 4022, HTTP 401
+                return Reply(401, sdp_error(INVALID_KEY, "Invalid API key received"))
+        else:  # sdpod-v3-api/getting-started/oauth-2.0.html: Authorization: Zoho-oauthtoken <access token>
             if req.header("authtoken"):
                 raise Problem("Cloud authenticates with Authorization: Zoho-oauthtoken, not authtoken")
             scheme, _, token = (req.header("Authorization") or "").partition(" ")
             if scheme != "Zoho-oauthtoken":
                 raise Problem(f"Authorization scheme must be Zoho-oauthtoken, got {scheme!r}")
-            if not self.tokens or token != self.tokens[-1]:
-                return Reply(401, sdp_error(4001, "Invalid OAuth token"))
+            if not self.accounts.valid(token):  # an unknown or expired token: common-error-code.html, 4022
+                return Reply(401, sdp_error(INVALID_KEY, "Invalid OAuth token"))
+        # getting-started/api-request.html: input_data is a query parameter on GET, a form field on POST/PUT
         if req.method == "GET":
             if req.body:
                 raise Problem("GET carries input_data as a query parameter, not a body")
@@ -133,15 +174,6 @@ class FakeServiceDesk(FakeVendor):
         elif set(req.form()) != {"input_data"}:
             raise Problem(f"the form holds exactly input_data, got {sorted(req.form())}")
         return None
-
-    def _token(self, req: Request) -> Reply:
-        form = {k: v[0] for k, v in req.form().items()}
-        if req.method != "POST" or form != self.oauth:
-            return Reply(200, {"error": "invalid_code"})
-        with self._data_lock:
-            self.tokens.append(f"1000.access{len(self.tokens) + 1}")
-            return Reply(200, {"access_token": self.tokens[-1], "expires_in": 3600, "token_type": "Bearer",
-                               "api_domain": "https://www.zohoapis.com"})
 
     @staticmethod
     def _input(req: Request) -> Any:
@@ -156,6 +188,7 @@ class FakeServiceDesk(FakeVendor):
     # -- endpoints ------------------------------------------------------------------------------------------
 
     def _list(self, req: Request) -> Reply:
+        """requests/request.html#get-list-request, paged by getting-started/list-info.html."""
         data = self._input(req)
         if not isinstance(data, dict) or set(data) != {"list_info"} or not isinstance(data["list_info"], dict):
             raise Problem('input_data must be {"list_info": {...}}')
@@ -172,12 +205,12 @@ class FakeServiceDesk(FakeVendor):
             raise Problem(f"unexpected sort_field {sort_field!r}")
         if "get_total_count" in info and not isinstance(info["get_total_count"], bool):
             raise Problem("get_total_count is a boolean")
-        criteria = info.get("search_criteria", [])
-        criteria = [criteria] if isinstance(criteria, dict) else criteria
-        if not isinstance(criteria, list):
-            raise Problem("search_criteria is an object or a list of objects")
+        criteria = info.get("search_criteria")
+        if criteria is not None and not isinstance(criteria, dict):
+            # getting-started/search-criteria.html: one criterion object; further ones go in its "children"
+            raise Problem("search_criteria is one object, with further criteria in its children")
         with self._data_lock:
-            matching = [t for t in self.tickets.values() if all(_match(t, c, i) for i, c in enumerate(criteria))]
+            matching = [t for t in self.tickets.values() if criteria is None or _matches(t, criteria)]
         def key(t: dict) -> tuple[int, int]:
             return int(t["id"] if sort_field == "id" else (t[sort_field] or {"value": 0})["value"]), int(t["id"])
 
@@ -192,15 +225,17 @@ class FakeServiceDesk(FakeVendor):
         return Reply(200, {"requests": view, "list_info": list_info, "response_status": [OK]})
 
     def _get(self, req: Request, rid: str) -> Reply:
+        """requests/request.html#get-request."""
         if req.query:
             raise Problem("GET /requests/{id} takes no parameters")
         with self._data_lock:
             ticket = self.tickets.get(rid)
             if ticket is None:
-                return Reply(404, sdp_error(4007, f"Request {rid} does not exist"))
+                return Reply(404, sdp_error(NOT_FOUND, f"Request {rid} does not exist"))
             return Reply(200, {"request": dict(ticket), "response_status": OK})
 
     def _edit(self, req: Request, rid: str) -> Reply:
+        """requests/request.html#edit-request: lookups as {"name"} or {"id"}, UDFs under udf_fields."""
         data = self._input(req)
         if not isinstance(data, dict) or set(data) != {"request"} or not isinstance(data["request"], dict):
             raise Problem('input_data must be {"request": {...}}')
@@ -217,36 +252,90 @@ class FakeServiceDesk(FakeVendor):
         with self._data_lock:
             ticket = self.tickets.get(rid)
             if ticket is None:
-                return Reply(404, sdp_error(4007, f"Request {rid} does not exist"))
+                return Reply(404, sdp_error(NOT_FOUND, f"Request {rid} does not exist"))
+            refused = self._unknown_value(ticket, fields)
+            if refused is not None:
+                return Reply(400, refused)
             self.edits.setdefault(rid, []).append(fields)
-            ticket.update({k: v for k, v in fields.items() if k != "udf_fields"})
+            ticket.update({k: self._resolved(k, v) for k, v in fields.items() if k != "udf_fields"})
             return Reply(200, {"request": dict(ticket), "response_status": OK})
 
+    def _unknown_value(self, ticket: dict, fields: dict) -> dict | None:
+        """The 4001 answer for the first lookup value the instance does not have (common-error-code.html)."""
+        for name in _LOOKUPS:
+            if name not in fields:
+                continue
+            value = fields[name]
+            if name == "subcategory":  # requests/request.html: a subcategory of the request's category
+                category = _name_of(fields.get("category") or ticket.get("category"), self.lookups["category"])
+                known = self.subcategories.get(category or "", set())
+                ok = value.get("name") in known
+            else:
+                ok = value.get("id") in self.lookups[name] if "id" in value else \
+                    value.get("name") in self.lookups[name].values()
+            if not ok:
+                return sdp_error(NO_SUCH_VALUE, f"Id or Name given in Input does not exist or not in use or user "
+                                                f"cannot set the value: {value}", field=name)
+        return None
+
+    def _resolved(self, name: str, value: dict) -> dict:
+        """A lookup as SDP stores it: an id sent alone gets its name."""
+        if name in self.lookups and "id" in value:
+            return {"id": value["id"], "name": self.lookups[name][value["id"]]}
+        return value
+
     def _add_note(self, req: Request, rid: str) -> Reply:
+        """requests/request_note.html#add-request-note of the edition (sdpod: request_note, sdpop: note)."""
         data = self._input(req)
         wrapper = "request_note" if self.edition == "cloud" else "note"
         if not isinstance(data, dict) or set(data) != {wrapper} or not isinstance(data[wrapper], dict):
             raise Problem(f'{self.edition} notes are {{"{wrapper}": {{...}}}}, got keys {sorted(data or {})}')
         note = data[wrapper]
         if not isinstance(note.get("description"), str) or not note["description"].strip():
-            raise Problem("a note needs a description")
-        for flag in ("show_to_requester", "notify_technician", "mark_first_response", "add_to_linked_requests"):
+            raise Problem("a note needs a description")  # request_note.html: "Mandatory Fields :- description"
+        flags = NOTE_FLAGS[self.edition]
+        if set(note) - flags - {"description"}:
+            raise Problem(f"{self.edition} note attributes are description and {sorted(flags)}, got "
+                          f"{sorted(set(note) - flags - {'description'})}")
+        for flag in flags:
             if flag in note and not isinstance(note[flag], bool):
                 raise Problem(f"{flag} is a boolean")
         with self._data_lock:
             if rid not in self.tickets:
-                return Reply(404, sdp_error(4007, f"Request {rid} does not exist"))
+                return Reply(404, sdp_error(NOT_FOUND, f"Request {rid} does not exist"))
             notes = self.notes.setdefault(rid, [])
             notes.append(note)
             return Reply(201, {wrapper: {"id": str(len(notes)), **note}, "response_status": OK})
 
 
-def _match(ticket: dict, criterion: Any, index: int) -> bool:
+def _name_of(value: Any, lookup: dict[str, str]) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    return value.get("name") or lookup.get(str(value.get("id")))
+
+
+def _matches(ticket: dict, criterion: Any) -> bool:
+    """getting-started/search-criteria.html: a criterion, then each child joined by its logical_operator, in order."""
     if not isinstance(criterion, dict):
         raise Problem("each search criterion is an object")
-    allowed = {"field", "condition", "value", "values", "logical_operator"}
+    allowed = {"field", "condition", "value", "values", "logical_operator", "children"}
     if set(criterion) - allowed:
         raise Problem(f"unknown search criterion keys {sorted(set(criterion) - allowed)}")
+    children = criterion.get("children", [])
+    if not isinstance(children, list):
+        raise Problem("children is a list of criteria")
+    result = _match(ticket, criterion)
+    for child in children:
+        operator = str(child.get("logical_operator") if isinstance(child, dict) else None).upper()
+        if operator not in ("AND", "OR"):
+            raise Problem("each child criterion carries logical_operator AND or OR")
+        matched = _matches(ticket, child)
+        result = (result and matched) if operator == "AND" else (result or matched)
+    return result
+
+
+def _match(ticket: dict, criterion: dict) -> bool:
+    """One {field, condition, value|values} comparison (getting-started/search-criteria.html)."""
     field, condition = criterion.get("field"), _CONDITIONS.get(str(criterion.get("condition")).lower())
     if field not in _CRITERIA_FIELDS or condition is None:
         raise Problem(f"the fake supports fields {sorted(_CRITERIA_FIELDS)} and comparisons, got {criterion!r}")
@@ -254,9 +343,6 @@ def _match(ticket: dict, criterion: Any, index: int) -> bool:
         raise Problem("a criterion has either value (one) or values (a list)")
     if "values" in criterion and (not isinstance(criterion["values"], list) or condition != "eq"):
         raise Problem("values is a list, for is/is not")
-    operator = criterion.get("logical_operator")
-    if index > 0 and str(operator).upper() != "AND":
-        raise Problem("criteria after the first carry logical_operator (the fake supports AND)")
     if field == "status.name":
         wanted = criterion.get("values") or [criterion.get("value")]
         return ticket["status"]["name"].casefold() in {str(w).casefold() for w in wanted}

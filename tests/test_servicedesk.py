@@ -89,10 +89,13 @@ def test_poll_pages_through_open_requests_in_documented_shapes(make):
     infos = [i["list_info"] for i in fake.list_inputs()]
     assert [i["start_index"] for i in infos] == [1, 3, 5] and {i["row_count"] for i in infos} == {2}
     assert {(i["sort_field"], i["sort_order"]) for i in infos} == {("created_time", "asc")}
-    created, status = infos[0]["search_criteria"]
-    assert created["field"] == "created_time" and created["condition"] == "greater or equal"
-    assert abs(int(created["value"]) - (now_ms() - HOUR_MS)) < 60_000  # initial_lookback_minutes: 60
-    assert status == {"field": "status.name", "condition": "is", "values": ["Open"], "logical_operator": "AND"}
+    # the documented form (getting-started/search-criteria.html): one criterion, the others as its children
+    criteria = infos[0]["search_criteria"]
+    assert set(criteria) == {"field", "condition", "value", "children"}
+    assert criteria["field"] == "created_time" and criteria["condition"] == "greater or equal"
+    assert abs(int(criteria["value"]) - (now_ms() - HOUR_MS)) < 60_000  # initial_lookback_minutes: 60
+    assert criteria["children"] == [{"field": "status.name", "condition": "is", "values": ["Open"],
+                                     "logical_operator": "AND"}]
     # the list omits the description: one GET per new request
     assert [r.path for r in fake.calls("GET", r"/requests/\d+$")] == [f"/api/v3/requests/{i}" for i in ids]
 
@@ -184,9 +187,9 @@ def job(ref: str, current: dict | None = None, **policy):
 def test_write_back_puts_mapped_fields_then_one_internal_note(make, edition, wrapper):
     fake, settings = make(edition)
     rid = fake.add("Laptop screen broken", "cracked")
-    field_map = {**SAME_MAP, "priority": {"Low": 1, "Medium": 2, "High": 3, "Critical": 4},
-                 "assignment_group": {label: f"L2 {label}" for label in load_taxonomy(
-                     ROOT / "config/taxonomy.yaml")["assignment_group"].values}}
+    groups = {label: f"L2 {label}" for label in load_taxonomy(ROOT / "config/taxonomy.yaml")["assignment_group"].values}
+    fake.set_lookup("group", groups.values())  # this instance names its groups differently
+    field_map = {**SAME_MAP, "priority": {"Low": 1, "Medium": 2, "High": 3, "Critical": 4}, "assignment_group": groups}
     field_map.pop("request_type")  # not in the map: never written
     conn = connector(settings, field_map=field_map, review_udf="udf_sline_301")
     outcome = conn.write_back(*job(rid))
@@ -202,7 +205,9 @@ def test_write_back_puts_mapped_fields_then_one_internal_note(make, edition, wra
                                 "udf_fields": {"udf_sline_301": "triage-needs-review"}}}
     [note_input] = fake.form_inputs("POST", rf"/requests/{rid}/notes$")
     note = note_input[wrapper]
-    assert note["show_to_requester"] is False and note["notify_technician"] is False
+    assert note["show_to_requester"] is False and note["mark_first_response"] is False
+    # notify_technician is a Cloud note attribute only (sdpod- vs sdpop-v3-api/requests/request_note.html)
+    assert note.get("notify_technician", "absent") == (False if edition == "cloud" else "absent")
     assert "SmolLM2" in note["description"] and "Needs review: priority High" in note["description"]
     assert "private body" not in note["description"]
     assert fake.tickets[rid]["category"] == {"name": "Hardware"}
@@ -212,6 +217,7 @@ def test_write_back_puts_mapped_fields_then_one_internal_note(make, edition, wra
     ticket = InboundTicket(connector="servicedesk", ref=rid, event_key="x", text="t")
     conn.write_back(ticket, Policy.from_config({}).plan(low, ticket), low)
     assert fake.form_inputs("PUT", rf"/requests/{rid}$")[-1] == {"request": {"priority": {"id": "4"}}}
+    assert fake.tickets[rid]["priority"] == {"id": "4", "name": "Critical"}
 
 
 def test_nothing_to_apply_posts_only_the_note_and_shadow_writes_nothing(make):
@@ -234,6 +240,52 @@ def test_deleted_request_is_a_permanent_error(make):
     assert err.value.status == 404 and not err.value.retryable
     assert f"Request {rid} does not exist" in str(err.value)
     assert len(fake.calls("PUT")) == 1 and not fake.calls("POST")
+
+
+def test_a_refused_key_and_a_refused_value_are_told_apart(make):
+    fake, settings = make()
+    rid = fake.add("Laptop screen broken", "cracked")
+    with pytest.raises(VendorError) as bad_key:
+        connector(settings, env={**ONPREM_ENV, "TRIAGE_SERVICEDESK_API_KEY": "revoked-key"}).write_back(*job(rid))
+    assert bad_key.value.status == 401 and not bad_key.value.retryable
+    assert "(4022)" in str(bad_key.value) and "API key or OAuth token was refused" in str(bad_key.value)
+    fake.set_lookup("priority", ["P1", "P2", "P3", "P4"])  # not the taxonomy's names: "High" is unknown here
+    with pytest.raises(VendorError) as bad_value:
+        connector(settings).write_back(*job(rid, default_threshold=0.0))  # priority High is applied too
+    assert bad_value.value.status == 400 and not bad_value.value.retryable
+    assert "(4001)" in str(bad_value.value) and "priority" in str(bad_value.value)
+    assert "4022" not in str(bad_value.value) and "4001" not in str(bad_key.value)
+    assert fake.tickets[rid]["priority"] is None and rid not in fake.notes  # the refused PUT wrote nothing
+
+
+@pytest.mark.parametrize("field, value", [("category", "Plumbing"), ("group", "Night Shift"),
+                                          ("request_type", "Complaint"), ("priority", "Whenever")])
+def test_lookup_values_the_instance_lacks_are_refused(make, field, value):
+    fake, settings = make()
+    rid = fake.add("Laptop screen broken", "cracked", category="Hardware")
+    client = connector(settings).client
+    with pytest.raises(VendorError, match="answered 400: 4001 Id or Name given in Input does not exist") as err:
+        client.request("PUT", f"/requests/{rid}", data={"input_data": json.dumps({"request": {field: {"name": value}}})})
+    assert err.value.status == 400 and field in str(err.value)
+    # a subcategory must belong to the request's category
+    edit = {"request": {"subcategory": {"name": "VPN"}}}
+    with pytest.raises(VendorError, match="subcategory"):
+        client.request("PUT", f"/requests/{rid}", data={"input_data": json.dumps(edit)})
+    edit = {"request": {"category": {"name": "Network"}, "subcategory": {"name": "VPN"}}}
+    assert client.request("PUT", f"/requests/{rid}", data={"input_data": json.dumps(edit)}).status_code == 200
+
+
+def test_cloud_tokens_expire_and_are_renewed_before_sdp_refuses_them(make):
+    fake, settings = make("cloud")
+    fake.accounts.lifetime = 1.0  # Zoho's hour, shrunk
+    fake.add("Teams call drops", "audio cuts", created_ms=now_ms() - 1000)
+    conn = connector(settings)
+    assert len(conn.poll(None).tickets) == 1
+    time.sleep(1.05)
+    assert len(conn.poll(None).tickets) == 1  # renewed beforehand: no 401, no second try
+    lists = fake.calls("GET", r"/requests$")
+    assert [r.header("Authorization") for r in lists] == ["Zoho-oauthtoken 1000.access1",
+                                                          "Zoho-oauthtoken 1000.access2"]
 
 
 def test_portal_id_header_is_sent_on_every_call(make):
@@ -326,10 +378,13 @@ def test_closed_tickets_are_paginated_and_mapped_back(make):
     assert records[1]["labels"]["priority"] == "High"
     infos = [i["list_info"] for i in fake.list_inputs()]
     assert [i["start_index"] for i in infos] == [1, 3] and infos[0]["sort_field"] == "completed_time"
-    completed, status = infos[0]["search_criteria"]
-    assert completed == {"field": "completed_time", "condition": "greater than",
-                         "value": str(int(since.timestamp() * 1000))}
-    assert status["values"] == ["Closed", "Resolved"] and status["logical_operator"] == "AND"
+    assert infos[0]["search_criteria"] == {
+        "field": "completed_time", "condition": "greater than", "value": str(int(since.timestamp() * 1000)),
+        "children": [{"field": "status.name", "condition": "is", "values": ["Closed", "Resolved"],
+                      "logical_operator": "AND"}]}
+    list(conn.closed_tickets(None))  # no time bound: the status criterion alone, without children
+    assert fake.list_inputs()[-1]["list_info"]["search_criteria"] == {
+        "field": "status.name", "condition": "is", "values": ["Closed", "Resolved"]}
 
 
 # --- end to end -----------------------------------------------------------------------------------------------
