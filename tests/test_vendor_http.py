@@ -7,6 +7,7 @@ import pytest
 
 from connectors.base import ConnectorConfigError, PollResult
 from connectors.fieldmap import FieldMap
+from connectors import oauth
 from connectors.http import StaticAuth, VendorClient, VendorError
 from connectors.oauth import ZohoRefreshAuth
 from connectors.polling import PollRunner
@@ -129,6 +130,66 @@ def test_zoho_token_expiry_refreshes_before_the_vendor_refuses(api):
     auth.headers()
     now[0] += 3600 - 60  # inside the safety margin before expiry
     assert auth.headers()["Authorization"] == "Zoho-oauthtoken tok-2"
+
+
+ACCESS_DENIED = {"error": "Access Denied", "status": "failure",
+                 "error_description": "You have made too many requests continuously. Please try again after some time."}
+
+
+@pytest.mark.parametrize("status", [200, 400])  # Zoho documents 200; some data centres answer 400
+def test_zoho_token_generation_limit_waits_without_asking_again(api, status):
+    now = [1000.0]
+    auth = ZohoRefreshAuth(api.url, "cid", "s", "r-1", clock=lambda: now[0])
+    api.fail_next("POST", "/oauth/v2/token", status, ACCESS_DENIED, times=2)
+    token_calls = lambda: len(api.calls("POST", "/oauth/v2/token"))
+    with pytest.raises(VendorError) as err:
+        auth.headers()
+    assert err.value.retryable and err.value.retry_after == oauth.DENIED_BACKOFF and err.value.status == 429
+    assert "generation limit" in str(err.value)
+    now[0] += oauth.DENIED_BACKOFF - 1  # still inside the wait: refused here, Zoho is not asked
+    with pytest.raises(VendorError) as err:
+        auth.headers()
+    assert err.value.retryable and err.value.retry_after == pytest.approx(1.0) and token_calls() == 1
+    now[0] += 1  # the wait is over: asked again, refused again, so the next wait doubles
+    with pytest.raises(VendorError) as err:
+        auth.headers()
+    assert err.value.retry_after == 2 * oauth.DENIED_BACKOFF and token_calls() == 2
+    now[0] += 2 * oauth.DENIED_BACKOFF
+    assert auth.headers() == {"Authorization": "Zoho-oauthtoken tok-1"} and token_calls() == 3
+    api.fail_next("POST", "/oauth/v2/token", 200, ACCESS_DENIED)
+    now[0] += 3600  # expired; a refusal after a success starts the backoff over
+    with pytest.raises(VendorError) as err:
+        auth.headers()
+    assert err.value.retry_after == oauth.DENIED_BACKOFF
+
+
+def test_zoho_token_generation_limit_is_retried_by_the_client_not_parked(api, monkeypatch):
+    monkeypatch.setattr(oauth, "DENIED_BACKOFF", 0.2)
+    api.fail_next("POST", "/oauth/v2/token", 200, ACCESS_DENIED)
+    c = client(api, ZohoRefreshAuth(api.url, "cid", "s", "r-1"))
+    t0 = time.monotonic()
+    assert c.json("GET", "/a")["auth"] == "Zoho-oauthtoken tok-1"
+    assert time.monotonic() - t0 >= 0.2 and len(api.calls("POST", "/oauth/v2/token")) == 2
+
+
+def test_zoho_expires_in_sec_wins_over_expires_in():
+    class Legacy(Api):
+        def route(self, req):  # the older accounts answer: expires_in in milliseconds beside expires_in_sec
+            if req.path == "/oauth/v2/token":
+                self.tokens += 1
+                return Reply(200, {"access_token": f"tok-{self.tokens}", "expires_in_sec": 600,
+                                   "expires_in": 600_000, "token_type": "Bearer"})
+            return super().route(req)
+
+    api = Legacy()
+    try:
+        now = [0.0]
+        auth = ZohoRefreshAuth(api.url, "cid", "s", "r-1", clock=lambda: now[0])
+        assert auth.headers()["Authorization"] == "Zoho-oauthtoken tok-1"
+        now[0] += 600 - 30  # inside the margin (a tenth of the lifetime) before the 600 s expiry
+        assert auth.headers()["Authorization"] == "Zoho-oauthtoken tok-2"
+    finally:
+        api.close()
 
 
 TAXONOMY = parse_taxonomy({"name": "t", "fields": {
