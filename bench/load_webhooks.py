@@ -118,11 +118,12 @@ def main() -> None:
 
     def send(ref: str) -> None:
         body = bodies[ref]
-        sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        ts = str(int(time.time()))  # signed with the body; a repeat of the same body is a duplicate
+        sig = "sha256=" + hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
         t = time.perf_counter()
         r = session.post(base + "/webhooks/generic", data=body, timeout=60,
                          headers={"Content-Type": "application/json", "X-Triage-Signature": sig,
-                                  "X-Triage-Delivery": "d-" + ref})
+                                  "X-Triage-Timestamp": ts})
         dt = time.perf_counter() - t
         with lock:
             latencies.append(dt * 1000)

@@ -17,16 +17,18 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from triage_core.config import Config, load_config
 from triage_core.policy import Policy
 from triage_core.queue import JobQueue
 from triage_core.registry import ModelRegistry
 from triage_core.store import Store
+from triage_core.text import TextProblem, ticket_text
 from triage_core.triager import EmptyTicketError, TriageError, Triager
 
-from .base import Connector, FieldChange, PollNow, WebhookRejected, check_field_maps, load_connectors
+from .base import (Connector, FieldChange, PollNow, TicketReader, WebhookRejected, check_field_maps,
+                   checked_event, load_connectors)
 from .metrics import Metrics
 from .polling import add_pollers
 from .reload import ModelWatcher
@@ -47,7 +49,10 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
     config = config or load_config(env=env)
     server = config["server"]
     app = Flask("ticket_triage")
-    app.config["MAX_CONTENT_LENGTH"] = int(server["max_body_bytes"])
+    max_body = int(server["max_body_bytes"])
+    # One byte more than allowed, so a chunked body (no Content-Length) that is too large is seen as such by
+    # read_body instead of being cut silently at the limit (werkzeug stops reading there).
+    app.config["MAX_CONTENT_LENGTH"] = max_body + 1
 
     store = store or Store(config["database"]["url"])
     store.upgrade()
@@ -100,6 +105,13 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
             return _error(401, "missing or invalid bearer token")
         return None
 
+    def read_body(cache: bool = False) -> bytes:
+        """The whole request body, or 413 when it is over server.max_body_bytes (with or without a length)."""
+        body = request.get_data(cache=cache)
+        if len(body) > max_body:
+            raise RequestEntityTooLarge(f"body larger than {max_body} bytes")
+        return body
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         connector = (request.view_args or {}).get("connector") if request else None
@@ -113,9 +125,11 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         if conn is None:
             return _error(404, f"unknown connector {connector!r}")
         metrics.webhooks_received.labels(connector).inc()
-        body = request.get_data(cache=False)
+        body = read_body()
         try:
             tickets = conn.parse_webhook(body, request.headers, request.args)
+            hint_only = isinstance(conn, TicketReader)  # its text is checked once read back, in the worker
+            tickets = [checked_event(t, text_required=not hint_only) for t in tickets]
         except WebhookRejected as exc:
             metrics.webhooks_refused.labels(connector, str(exc.status)).inc()
             log.info("webhook %s refused: %d %s", connector, exc.status, exc.reason)
@@ -169,11 +183,14 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         denied = require_token()
         if denied:
             return denied
+        read_body(cache=True)
         data = request.get_json(silent=True)
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
             return _error(400, 'expected a JSON object {"text": "..."}')
         try:
-            result = ctx.triager.triage(data["text"])
+            result = ctx.triager.triage(ticket_text(data["text"]))
+        except TextProblem as exc:
+            return _error(400, str(exc))
         except EmptyTicketError:
             return _error(400, "empty text, nothing to triage")
         except TriageError as exc:

@@ -11,6 +11,7 @@ package that registers a factory, not a change here. `connectors.generic` is the
 """
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import time
@@ -22,6 +23,7 @@ from triage_core.config import ConfigError
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
+from triage_core.text import TextProblem, check_strings, clean_text, identifier, ticket_text
 from triage_core.triager import TriageResult
 
 ENTRY_POINT_GROUP = "ticket_triage.connectors"
@@ -170,6 +172,45 @@ def json_body(body: bytes, max_bytes: int | None = None) -> Any:
         raise WebhookRejected(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise WebhookRejected(400, "malformed JSON: nested too deeply") from None
+
+
+def checked_ticket(ticket: InboundTicket, text_required: bool = True) -> InboundTicket:
+    """The ticket with its text cleaned (triage_core.text), or `WebhookRejected(400)` naming the field.
+
+    Run on every ticket a webhook yields, before it is acknowledged: what is wrong with it now would otherwise
+    be a dead job later. `text_required=False` for connectors whose webhook text is only a hint (the worker
+    reads the ticket back and checks the text it gets then)."""
+    try:
+        for name, value in (("id", ticket.ref), ("event key", ticket.event_key)):
+            identifier(value, name)
+        check_strings(ticket.extra, "extra")
+        check_strings(ticket.callback_url, "callback_url")
+        if text_required:
+            text = ticket_text(ticket.text)
+        else:
+            text = clean_text(ticket.text) if isinstance(ticket.text, str) else ""
+    except TextProblem as exc:
+        raise WebhookRejected(400, str(exc)) from None
+    current = {_clean(k): _clean(v) for k, v in ticket.current.items()}
+    return dataclasses.replace(ticket, text=text, current=current, project=_clean(ticket.project),
+                               ticket_type=_clean(ticket.ticket_type))
+
+
+def checked_event(event: Any, text_required: bool = True) -> Any:
+    """`checked_ticket` for a ticket; any other event with a string that is not valid Unicode is a 400 (its ids
+    are looked up in the database, which cannot store a lone surrogate)."""
+    if isinstance(event, InboundTicket):
+        return checked_ticket(event, text_required)
+    if dataclasses.is_dataclass(event):
+        try:
+            check_strings(dataclasses.asdict(event), type(event).__name__)
+        except TextProblem as exc:
+            raise WebhookRejected(400, str(exc)) from None
+    return event
+
+
+def _clean(value: Any) -> Any:
+    return clean_text(value) if isinstance(value, str) else value
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -6,16 +6,24 @@ connector (a small script or an automation rule posts the ticket, receives the t
 Webhook body (UTF-8 JSON):
     {"id": "INC-42", "text": "subject and body", "callback_url": "http://127.0.0.1:9000/triaged",  # optional
      "project": "IT", "type": "Incident", "fields": {"priority": "High"}}   # optional; fields a human already set
-Headers: `X-Triage-Signature: sha256=<hex HMAC-SHA256 of the raw body>` (required), `X-Triage-Delivery: <id>`
-(optional idempotency key; otherwise the body's SHA-256 is the key, so a re-sent identical body is a duplicate).
+Headers (both required), as Stripe and Slack sign theirs:
+    X-Triage-Timestamp: <Unix seconds when the request was signed>
+    X-Triage-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<raw body>">
+A request whose timestamp is more than `tolerance_seconds` (default 300) from the daemon's clock is refused, so a
+captured request cannot be sent again later; inside the window a replay is a duplicate, because the idempotency
+key is the body's SHA-256 (a sender's retry, re-signed with a new timestamp, is a duplicate as well). The
+idempotency key comes from signed bytes only: an unsigned header (X-Triage-Delivery) is not read on webhooks.
 
 Write-back: a POST of {"id", "ticket" (applied fields), "suggested", "needs_review", "review_marker", "note",
-"confidence", "model"} to the ticket's callback URL (or settings `callback_url`), signed the same way, with
-`X-Triage-Delivery` set to the webhook's idempotency key so the receiver can drop repeats. Callback hosts must be
-listed in `callback_hosts`: the daemon never posts to a host a webhook sender chose freely.
+"confidence", "model"} to the ticket's callback URL (or settings `callback_url`), through the shared vendor HTTP
+layer (connectors.http), signed the same way (timestamp + body), with `X-Triage-Delivery` set to the webhook's
+idempotency key so the receiver can drop repeats. A 4xx from the receiver parks the job with the receiver's own
+message. Callback hosts must be listed in `callback_hosts`: the daemon never posts to a host a webhook sender chose
+freely.
 
 Settings (connectors.settings.generic): secret_env (TRIAGE_GENERIC_SECRET), callback_url (none),
-callback_hosts ([127.0.0.1, localhost]), timeout (10 seconds).
+callback_hosts ([127.0.0.1, localhost]), timeout (10 seconds), tolerance_seconds (300), attempts (1: a failed
+callback goes back to the durable queue, which retries it with backoff and Retry-After, visible in /v1/jobs).
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ import hashlib
 import hmac
 import json
 import math
+import threading
+import time
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -32,26 +42,64 @@ from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, json_body,
-                   parse_retry_after)
+from .base import ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, json_body
+from .http import StaticAuth, VendorClient
 
 NAME = "generic"
 SIGNATURE_HEADER = "X-Triage-Signature"
+TIMESTAMP_HEADER = "X-Triage-Timestamp"
 DELIVERY_HEADER = "X-Triage-Delivery"
 DEFAULTS: dict[str, Any] = {
     "secret_env": "TRIAGE_GENERIC_SECRET",
     "callback_url": None,
     "callback_hosts": ["127.0.0.1", "localhost"],
     "timeout": 10.0,
+    "tolerance_seconds": 300,
+    "attempts": 1,
 }
 _BODY_KEYS = ("id", "text", "callback_url", "project", "type", "fields")
 _MAX_REF = 255
-_MAX_DELIVERY = 200
+_MAX_TIMESTAMP_DIGITS = 12
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value for `body`: what senders put on webhooks and receivers check on callbacks."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, timestamp: int | str, body: bytes) -> str:
+    """The signature header value for `body` sent at `timestamp` (Unix seconds): HMAC-SHA256 of
+    "<timestamp>.<body>". What senders put on webhooks and receivers check on callbacks."""
+    message = str(timestamp).encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: bytes, body: bytes, now: float | None = None) -> dict[str, str]:
+    """The timestamp and signature headers for sending `body` now."""
+    timestamp = int(time.time() if now is None else now)
+    return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: sign(secret, timestamp, body)}
+
+
+def verify(secret: bytes, body: bytes, headers: Mapping[str, str], tolerance: float = 300.0,
+           now: float | None = None) -> int:
+    """Check a signed request (a webhook, or a callback on the receiver's side); returns its timestamp.
+
+    Raises `WebhookRejected(401)`: missing or malformed headers, a signature that does not match (compared in
+    constant time), or a timestamp outside `tolerance` seconds of `now` (a replay, or a sender's clock that is off).
+    """
+    signature = header(headers, SIGNATURE_HEADER)
+    if not signature:
+        raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
+    raw = (header(headers, TIMESTAMP_HEADER) or "").strip()
+    if not raw:
+        raise WebhookRejected(401, f"missing {TIMESTAMP_HEADER} header (Unix seconds, signed with the body)")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_TIMESTAMP_DIGITS:
+        raise WebhookRejected(401, f"{TIMESTAMP_HEADER}: expected Unix seconds, got {raw[:20]!r}")
+    expected = sign(secret, raw, body).encode("ascii")
+    given = signature.strip().lower().encode("utf-8", "replace")
+    if not hmac.compare_digest(expected, given):
+        raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the timestamp and body")
+    skew = int(raw) - (time.time() if now is None else now)
+    if abs(skew) > tolerance:
+        raise WebhookRejected(401, f"{TIMESTAMP_HEADER} is {abs(skew):.0f} s in the "
+                                   f"{'future' if skew > 0 else 'past'} (tolerance {tolerance:g} s): a replayed "
+                                   "request, or a sender whose clock is off")
+    return int(raw)
 
 
 class GenericConnector:
@@ -60,12 +108,17 @@ class GenericConnector:
     name = NAME
 
     def __init__(self, secret: bytes, callback_hosts: Iterable[str] = ("127.0.0.1", "localhost"),
-                 callback_url: str | None = None, timeout: float = 10.0):
+                 callback_url: str | None = None, timeout: float = 10.0, tolerance: float = 300.0,
+                 attempts: int = 1):
         if not secret:
             raise ConnectorConfigError(f"connectors.settings.{NAME}: an empty secret cannot sign anything")
         self._secret = secret
         self.callback_hosts = frozenset(h.casefold() for h in callback_hosts)
         self.timeout = timeout
+        self.tolerance = tolerance
+        self.attempts = attempts
+        self._clients: dict[str, VendorClient] = {}  # one per callback origin, for connection reuse
+        self._clients_lock = threading.Lock()
         if callback_url is not None:
             problem = self._callback_problem(callback_url)
             if problem:
@@ -76,8 +129,9 @@ class GenericConnector:
         return f"GenericConnector(callback_hosts={sorted(self.callback_hosts)}, timeout={self.timeout})"
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[InboundTicket]:
-        """Check the signature over the raw bytes first, then the JSON; the query string is not used."""
-        self._verify(body, header(headers, SIGNATURE_HEADER))
+        """Check the signature over the timestamp and raw bytes first, then the JSON; the query string is not
+        used."""
+        verify(self._secret, body, headers, self.tolerance)
         content_type = (header(headers, "Content-Type") or "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/json") and not content_type.endswith("+json"):
             raise WebhookRejected(415, f"expected application/json, got {content_type}")
@@ -97,10 +151,7 @@ class GenericConnector:
             if problem:
                 raise WebhookRejected(422, f"callback_url: {problem}")
         current = _current_fields(data.get("fields"))
-        delivery = (header(headers, DELIVERY_HEADER) or "").strip()
-        if len(delivery) > _MAX_DELIVERY or any(ord(c) < 32 for c in delivery):
-            raise WebhookRejected(400, f"{DELIVERY_HEADER}: at most {_MAX_DELIVERY} printable characters")
-        event_key = delivery or hashlib.sha256(body).hexdigest()
+        event_key = hashlib.sha256(body).hexdigest()  # signed bytes only: a replay cannot pass for a new event
         return [InboundTicket(connector=self.name, ref=ref, event_key=event_key, text=text,
                               project=_text(data, "project"), ticket_type=_text(data, "type"), current=current,
                               callback_url=callback_url)]
@@ -119,39 +170,30 @@ class GenericConnector:
                    "needs_review": plan.needs_review, "review_marker": plan.review_marker, "note": plan.note,
                    "confidence": {k: round(v, 4) for k, v in result.confidence.items()}, "model": result.model}
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self._secret, body),
-                   DELIVERY_HEADER: ticket.event_key}
-        try:
-            response = requests.post(url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise WritebackError(f"callback unreachable: {type(exc).__name__}", retryable=True) from None
-        except requests.RequestException as exc:
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: ticket.event_key,
+                   **signed_headers(self._secret, body)}
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        client = self._client(f"{parts.scheme}://{parts.netloc}")
+        try:  # 429/5xx/unreachable come back retryable, any other status final with the receiver's message
+            response = client.request("POST", path, data=body, headers=headers)
+        except requests.RequestException as exc:  # not a network failure: a request that cannot be made
             raise WritebackError(f"callback failed: {type(exc).__name__}: {exc}", retryable=False) from None
         status = response.status_code
         response.close()
-        if 200 <= status < 300:
-            return WritebackOutcome("applied", status)
-        reason = f"callback answered {status} {response.reason or ''}".strip()
-        message = " ".join(response.text[:300].split())  # the vendor's own words (deleted ticket, permission)
-        if message:
-            reason += f": {message}"
-        if status == 429 or status >= 500:
-            raise WritebackError(reason, retryable=True, status=status,
-                                 retry_after=parse_retry_after(response.headers.get("Retry-After")))
-        if 300 <= status < 400:
-            reason += " (redirects are not followed)"
-        raise WritebackError(reason, retryable=False, status=status)
+        return WritebackOutcome("applied", status)
+
+    def _client(self, origin: str) -> VendorClient:
+        with self._clients_lock:
+            client = self._clients.get(origin)
+            if client is None:
+                client = VendorClient("generic callback", origin, StaticAuth({}), timeout=self.timeout,
+                                      attempts=self.attempts)
+                self._clients[origin] = client
+            return client
 
     def closed_tickets(self, since: Any) -> Iterable[dict]:
         raise NotImplementedError("the generic connector keeps no ticket history; import closed tickets from CSV")
-
-    def _verify(self, body: bytes, signature: str | None) -> None:
-        if not signature:
-            raise WebhookRejected(401, f"missing {SIGNATURE_HEADER} header")
-        expected = sign(self._secret, body).encode("ascii")
-        given = signature.strip().lower().encode("utf-8", "replace")
-        if not hmac.compare_digest(expected, given):
-            raise WebhookRejected(401, f"{SIGNATURE_HEADER} does not match the body")
 
     def _callback_problem(self, url: str) -> str | None:
         """Why `url` may not be called back, or None. Strict, so urllib and requests cannot read it differently."""
@@ -224,8 +266,16 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> GenericC
     timeout = merged["timeout"]
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ConnectorConfigError(f"{key}.timeout: expected a positive number of seconds, got {timeout!r}")
+    tolerance = merged["tolerance_seconds"]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
+        raise ConnectorConfigError(f"{key}.tolerance_seconds: expected a positive number of seconds, "
+                                   f"got {tolerance!r}")
+    attempts = merged["attempts"]
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
+        raise ConnectorConfigError(f"{key}.attempts: expected a whole number from 1 to 10, got {attempts!r}")
     callback_url = merged["callback_url"]
     if callback_url is not None and not isinstance(callback_url, str):
         raise ConnectorConfigError(f"{key}.callback_url: expected a URL")
     return GenericConnector(secret.encode("utf-8"), callback_hosts=[h.strip() for h in hosts],
-                            callback_url=callback_url or None, timeout=float(timeout))
+                            callback_url=callback_url or None, timeout=float(timeout), tolerance=float(tolerance),
+                            attempts=attempts)

@@ -1,8 +1,9 @@
 """Worker threads: claim jobs from the durable queue, triage, apply the policy, write back through the connector.
 
 Nothing is lost: a job is completed only after its write-back is recorded; a vendor failure goes back to the
-queue with backoff (Retry-After honoured) and ends parked as dead after the maximum attempts; a crash leaves the
-job leased, and the lease expiring hands it to another worker. A retried job reuses its stored triage result and
+queue with backoff (Retry-After honoured) and ends parked as dead after the maximum attempts. One job's failure
+is charged to that job alone (a failed batch is triaged again ticket by ticket), and an error in the worker hands
+its jobs back at once; only a dead process leaves jobs leased, and the lease expiring hands them to another worker. A retried job reuses its stored triage result and
 never writes back twice once a write-back is recorded as applied.
 """
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from triage_core.policy import Policy
 from triage_core.queue import ClaimedJob, JobQueue, LeaseLost
 from triage_core.store import Store
+from triage_core.text import TextProblem, ticket_text
 from triage_core.triager import TriageError, TriageResult, Triager
 
 from .base import Connector, TicketReader, WritebackError
@@ -58,10 +60,9 @@ class Worker(threading.Thread):
                 continue
             try:
                 self.process(jobs)
-            except LeaseLost as exc:  # another worker took the job over after our lease ran out: it is theirs
-                log.warning("%s: %s", self.name, exc)
-            except Exception:  # never let one bad batch kill the thread; leases bring the jobs back
+            except Exception as exc:  # a bug outside the per-job guards: hand the jobs back, keep the thread
                 log.exception("%s: processing a batch failed", self.name)
+                self._release(jobs, f"processing crashed: {exc!r}")
 
     def _claim_batch(self) -> list[ClaimedJob]:
         jobs = []
@@ -73,7 +74,10 @@ class Worker(threading.Thread):
         return jobs
 
     def process(self, jobs: list[ClaimedJob]) -> None:
-        """Triage the jobs that have no stored result yet in one batch, then write each back."""
+        """Triage the jobs that have no stored result yet in one batch, then write each back.
+
+        One job's failure is that job's alone: a batch that fails is triaged again one ticket at a time at once,
+        and every write-back is settled on its own."""
         ctx = self.ctx
         results: dict[int, tuple[int, TriageResult]] = {}
         fresh = []
@@ -85,28 +89,89 @@ class Worker(threading.Thread):
                 results[job.id] = stored
             else:
                 fresh.append(job)
-        if fresh:
-            try:
-                t0 = time.perf_counter()
-                triaged = triager.triage_many([j.ticket.text for j in fresh])
-                per_ticket = (time.perf_counter() - t0) / len(fresh)
-                for _ in fresh:
-                    ctx.metrics.triage_latency.observe(per_ticket)
-            except TriageError:
-                triaged = [self._triage_one(triager, j) for j in fresh]
-            except Exception as exc:
-                for j in fresh:
-                    self._fail(j, f"triage failed: {exc}")
-                return
-            for job, result in zip(fresh, triaged):
-                if result is None:
-                    continue
-                rid = ctx.store.record_result(job.id, job.ticket.connector, job.ticket.ref, result.ticket,
-                                              result.confidence, result.model, result.latency_ms)
-                results[job.id] = (rid, result)
+        checked = {j.id: j for j in (self._checked_text(j) for j in fresh) if j is not None}
+        fresh = list(checked.values())
+        jobs = [checked.get(j.id, j) for j in jobs if j.id in results or j.id in checked]
+        for job, result in self._triage(triager, fresh):
+            self._guarded(job, lambda: results.__setitem__(job.id, (self._record(job, result), result)))
         for job in jobs:
             if job.id in results:
-                self._write_back(job, *results[job.id])
+                self._guarded(job, lambda: self._write_back(job, *results[job.id]))
+
+    def _triage(self, triager: Triager, jobs: list[ClaimedJob]) -> list[tuple[ClaimedJob, TriageResult]]:
+        """(job, result) for each job triaged; a failed batch is retried ticket by ticket, so only the ticket
+        that fails is charged for it."""
+        if not jobs:
+            return []
+        if len(jobs) > 1:
+            try:
+                t0 = time.perf_counter()
+                triaged = triager.triage_many([j.ticket.text for j in jobs])
+                per_ticket = (time.perf_counter() - t0) / len(jobs)
+                for _ in jobs:
+                    self.ctx.metrics.triage_latency.observe(per_ticket)
+                return list(zip(jobs, triaged))
+            except Exception as exc:
+                log.warning("%s: a batch of %d failed (%s); triaging its tickets one by one", self.name,
+                            len(jobs), type(exc).__name__)
+        out = []
+        for job in jobs:
+            result = self._triage_one(triager, job)
+            if result is not None:
+                out.append((job, result))
+        return out
+
+    def _triage_one(self, triager: Triager, job: ClaimedJob) -> TriageResult | None:
+        try:
+            t0 = time.perf_counter()
+            result = triager.triage(job.ticket.text)
+        except (TriageError, TypeError, ValueError) as exc:  # the input itself: another try gives the same
+            self._fail(job, f"triage failed: {type(exc).__name__}: {exc}", permanent=True)
+            return None
+        except Exception as exc:  # e.g. out of memory: worth another attempt later
+            log.exception("%s: triaging job %d crashed", self.name, job.id)
+            self._fail(job, f"triage crashed: {exc!r}")
+            return None
+        self.ctx.metrics.triage_latency.observe(time.perf_counter() - t0)
+        return result
+
+    def _checked_text(self, job: ClaimedJob) -> ClaimedJob | None:
+        """The job with its text cleaned (tickets from polls and read-backs never passed a webhook's check);
+        None, the job parked, when nothing triageable is left."""
+        try:
+            text = ticket_text(job.ticket.text)
+        except TextProblem as exc:
+            self._fail(job, f"triage failed: {exc}", permanent=True)
+            return None
+        return job if text == job.ticket.text else dataclasses.replace(
+            job, ticket=dataclasses.replace(job.ticket, text=text))
+
+    def _record(self, job: ClaimedJob, result: TriageResult) -> int:
+        return self.ctx.store.record_result(job.id, job.ticket.connector, job.ticket.ref, result.ticket,
+                                            result.confidence, result.model, result.latency_ms)
+
+    def _guarded(self, job: ClaimedJob, step: Callable[[], object]) -> None:
+        """Run one job's step; whatever it raises concerns that job only."""
+        try:
+            step()
+        except LeaseLost as exc:  # another worker took the job over after our lease ran out: it is theirs
+            log.warning("%s: %s", self.name, exc)
+        except Exception as exc:
+            log.exception("%s: job %d crashed", self.name, job.id)
+            self._release([job], f"crashed: {exc!r}")
+
+    def _release(self, jobs: list[ClaimedJob], error: str) -> None:
+        """Give back every job of `jobs` this worker still holds, as a failed attempt (none stays leased)."""
+        for job in jobs:
+            try:
+                state = self.ctx.queue.fail(job.id, self.name, error)
+            except LeaseLost:
+                continue  # finished, failed or taken over already
+            except Exception:
+                log.exception("%s: releasing job %d failed; its lease will expire", self.name, job.id)
+                continue
+            log.warning("job %d (%s %s) attempt %d handed back: %s -> %s", job.id, job.ticket.connector,
+                        job.ticket.ref, job.attempts, error.splitlines()[0][:200], state)
 
     def _read_back(self, job: ClaimedJob) -> ClaimedJob | None:
         """For connectors whose webhooks are only hints, the ticket as the vendor has it now (None: failed)."""
@@ -124,13 +189,6 @@ class Worker(threading.Thread):
             self._fail(job, f"reading the ticket back crashed: {exc!r}")
             return None
         return dataclasses.replace(job, ticket=ticket)
-
-    def _triage_one(self, triager: Triager, job: ClaimedJob) -> TriageResult | None:
-        try:
-            return triager.triage(job.ticket.text)
-        except TriageError as exc:
-            self._fail(job, f"triage failed: {exc}", permanent=True)
-            return None
 
     def _write_back(self, job: ClaimedJob, result_id: int, result: TriageResult) -> None:
         ctx, ticket = self.ctx, job.ticket
@@ -167,7 +225,11 @@ class Worker(threading.Thread):
         ctx.queue.complete(job.id, self.name)
 
     def _fail(self, job: ClaimedJob, error: str, retry_after: float | None = None, permanent: bool = False) -> None:
-        state = self.ctx.queue.fail(job.id, self.name, error, retry_after=retry_after, permanent=permanent)
+        try:
+            state = self.ctx.queue.fail(job.id, self.name, error, retry_after=retry_after, permanent=permanent)
+        except LeaseLost as exc:  # another worker holds it now: its outcome is theirs to record
+            log.warning("%s: %s", self.name, exc)
+            return
         level = logging.WARNING if state == "dead" else logging.INFO
         log.log(level, "job %d (%s %s) attempt %d: %s -> %s", job.id, job.ticket.connector, job.ticket.ref,
                 job.attempts, error.splitlines()[0][:200], state)

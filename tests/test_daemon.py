@@ -15,6 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from collections import Counter
+
 import pytest
 import requests
 
@@ -32,45 +34,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Callback:
-    """A local stand-in for the ITSM: records every write-back; answers from a script of status codes."""
+HANG = "hang"  # a script entry: hold the request unanswered until `release()`
 
-    def __init__(self, script: list[tuple[int, dict]] | None = None):
-        self.received: list[dict] = []
+
+class Callback:
+    """A local stand-in for the ITSM. Records every write-back attempt (raw body, headers, the status it answered,
+    when it arrived), whatever it answered; answers from a script of (status, headers[, body]) entries or HANG,
+    then 200."""
+
+    def __init__(self, script: list | None = None):
+        self.attempts: list[dict] = []
         self.script = list(script or [])
         self.lock = threading.Lock()
+        self.hung = threading.Event()  # set when a HANG entry is reached
+        self._release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                at = time.monotonic()
                 with outer.lock:
-                    status, headers = outer.script.pop(0) if outer.script else (200, {})
-                    if status == 200:
-                        outer.received.append({"body": json.loads(body), "headers": dict(self.headers)})
+                    entry = outer.script.pop(0) if outer.script else (200, {})
+                    status = None if entry == HANG else entry[0]
+                    outer.attempts.append({"body": json.loads(raw), "raw": raw, "headers": dict(self.headers),
+                                           "status": status, "at": at})
+                if entry == HANG:
+                    outer.hung.set()
+                    outer._release.wait(600)
+                    self.close_connection = True
+                    return
+                reply = entry[2].encode() if len(entry) > 2 else b""
                 self.send_response(status)
-                for k, v in headers.items():
+                for k, v in entry[1].items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
+                self.wfile.write(reply)
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/writeback"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def ids(self) -> list[str]:
+    @property
+    def received(self) -> list[dict]:
+        """The write-backs it accepted (answered 200)."""
         with self.lock:
-            return [r["body"]["id"] for r in self.received]
+            return [a for a in self.attempts if a["status"] == 200]
+
+    def ids(self) -> list[str]:
+        """Ticket ids of the accepted write-backs, in arrival order, repeats included."""
+        return [r["body"]["id"] for r in self.received]
+
+    def release(self) -> None:
+        self._release.set()
 
     def close(self):
+        self.release()
         self.server.shutdown()
 
 
+def verify(attempt: dict) -> None:
+    """Check a callback's signature (timestamp and body) as a receiver would, with the generic connector's own
+    check; raises WebhookRejected when it does not verify."""
+    from connectors.generic import verify as verify_signed
+
+    verify_signed(SECRET.encode(), attempt["raw"], attempt["headers"])
+
+
 class Daemon:
-    def __init__(self, tmp: Path, **env: str):
+    def __init__(self, tmp: Path, cli_args: tuple[str, ...] = (), **env: str):
+        self.cli_args = cli_args
         self.port = free_port()
         self.db = tmp / "triage.db"
         self.env = {**os.environ, "TRIAGE_GENERIC_SECRET": SECRET, "TRIAGE_API_TOKEN": TOKEN,
@@ -82,7 +120,7 @@ class Daemon:
         self.proc = None
 
     def start(self) -> "Daemon":
-        self.proc = subprocess.Popen([EXE, "serve", "--port", str(self.port)], env=self.env,
+        self.proc = subprocess.Popen([EXE, *self.cli_args, "serve", "--port", str(self.port)], env=self.env,
                                      stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -107,8 +145,9 @@ class Daemon:
 
     def webhook(self, payload: dict | bytes, secret: str = SECRET, delivery: str | None = None, **headers):
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        h = {"Content-Type": "application/json", "X-Triage-Signature": sig, **headers}
+        ts = str(int(time.time()))  # the wire format, written out: HMAC-SHA256 of "<timestamp>.<body>"
+        sig = "sha256=" + hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+        h = {"Content-Type": "application/json", "X-Triage-Signature": sig, "X-Triage-Timestamp": ts, **headers}
         if delivery:
             h["X-Triage-Delivery"] = delivery
         return requests.post(self.base + "/webhooks/generic", data=body, headers=h, timeout=30)
@@ -149,17 +188,32 @@ def test_signed_webhook_is_written_back_exactly_once(tmp_path, callback):
         assert again.status_code == 202 and again.json()["accepted"][0]["duplicate"] is True
         d.wait_depth(done=1)
         time.sleep(0.5)
-        assert callback.ids() == ["T-1"]
+        assert len(callback.attempts) == 1 and callback.ids() == ["T-1"]
         sent = callback.received[0]
+        verify(sent)
+        from connectors.base import WebhookRejected
+
+        with pytest.raises(WebhookRejected):
+            verify({**sent, "raw": sent["raw"].replace(b'"T-1"', b'"T-2"')})  # the signature covers the body
+        with pytest.raises(WebhookRejected):
+            verify({**sent, "headers": {**sent["headers"], "X-Triage-Timestamp": "1700000000"}})  # and the time
+        # the receiver can drop repeats by X-Triage-Delivery: the webhook's idempotency key
+        assert sent["headers"]["X-Triage-Delivery"] == hashlib.sha256(json.dumps(ticket("T-1", callback)).encode()
+                                                                      ).hexdigest()
         assert set(sent["body"]["ticket"]) <= {"summary", "category", "subcategory", "priority",
                                                "assignment_group", "request_type"}
         assert "SmolLM2" in sent["body"]["note"]
-        signature = sent["headers"]["X-Triage-Signature"]
-        raw = json.dumps(sent["body"])  # the receiver can verify the callback (we check the header's form)
-        assert signature.startswith("sha256=") and raw
 
         history = d.api("/v1/tickets/generic/T-1").json()
-        assert history
+        assert history["state"] == "done"
+        events, results, writebacks = (history["history"][k] for k in ("events", "results", "writebacks"))
+        assert len(events) == 1 and len(results) == 1 and len(writebacks) == 1
+        assert writebacks[0]["outcome"] == "applied" and writebacks[0]["vendor_status"] == 200
+        assert writebacks[0]["fields_sent"] == sent["body"]["ticket"]  # what was recorded is what was sent
+        assert writebacks[0]["note"] == sent["body"]["note"]
+        assert history["result"]["ticket"] == results[0]["fields"]
+        assert {k: v for k, v in results[0]["fields"].items() if k in sent["body"]["ticket"]} == sent["body"]["ticket"]
+        assert requests.get(d.base + "/webhooks/generic", timeout=10).json() == {"connector": "generic", "ok": True}
         metrics = requests.get(d.base + "/metrics", timeout=10).text
         assert 'triage_webhooks_duplicate_total{connector="generic"} 1.0' in metrics
         assert 'triage_writebacks_total{connector="generic",outcome="applied"} 1.0' in metrics
@@ -210,43 +264,68 @@ def test_sync_triage_api(tmp_path):
         d.stop()
 
 
-def test_sigkill_mid_queue_then_restart_finishes_every_job_once(tmp_path, callback):
-    d = Daemon(tmp_path).start()
+def test_sigkill_mid_queue_then_restart_finishes_every_job_once(tmp_path):
+    # The third write-back hangs: the daemon is killed while it waits for the answer, so no write-back is in the
+    # window between "the receiver accepted it" and "the daemon recorded it".
+    callback = Callback(script=[(200, {}), (200, {}), HANG])
+    d = Daemon(tmp_path, TRIAGE_SERVER_WORKERS="1").start()
     n = 12
-    for i in range(n):
-        assert d.webhook(ticket(f"K-{i}", callback, f"Printer {i} on floor {i % 4} jams"), delivery=f"k{i}"
-                         ).status_code == 202
-    deadline = time.time() + 120
-    while len(callback.ids()) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    d.stop(signal.SIGKILL)
-    done_before = len(set(callback.ids()))
-    assert done_before < n, "the daemon finished everything before it was killed; nothing was tested"
-    d2 = Daemon(tmp_path)
-    d2.port, d2.base = d.port, d.base
-    d2.start()
+    try:
+        for i in range(n):
+            assert d.webhook(ticket(f"K-{i}", callback, f"Printer {i} on floor {i % 4} jams"), delivery=f"k{i}"
+                             ).status_code == 202
+        assert callback.hung.wait(240), "the daemon never reached the third write-back"
+        d.stop(signal.SIGKILL)
+        callback.release()
+        before = callback.ids()
+        hung = callback.attempts[2]["body"]["id"]
+        assert len(before) == 2 and hung not in before
+        d2 = Daemon(tmp_path)
+        d2.port, d2.base = d.port, d.base
+        d2.start()
+    except BaseException:
+        d.stop(signal.SIGKILL)
+        callback.close()
+        raise
     try:
         d2.wait_depth(done=n)
-        assert sorted(set(callback.ids())) == sorted(f"K-{i}" for i in range(n))
+        delivered = Counter(callback.ids())
+        assert delivered == Counter(f"K-{i}" for i in range(n)), delivered  # each accepted exactly once
+        again = [a for a in callback.attempts if a["body"]["id"] == hung]
+        assert len(again) == 2 and again[0]["headers"]["X-Triage-Delivery"] == again[1]["headers"]["X-Triage-Delivery"]
+        for a in callback.received:
+            verify(a)
         with sqlite3.connect(d.db) as db:
             applied = db.execute("select ticket_ref, count(*) from writebacks where outcome='applied' "
                                  "group by ticket_ref").fetchall()
+            results = db.execute("select ticket_ref, count(*) from triage_results group by ticket_ref").fetchall()
         assert len(applied) == n and all(c == 1 for _, c in applied)
+        assert len(results) == n and all(c == 1 for _, c in results)  # the hung ticket's result was reused
     finally:
         d2.stop()
+        callback.close()
 
 
 def test_vendor_429_then_500_is_retried_until_it_succeeds(tmp_path):
-    cb = Callback(script=[(429, {"Retry-After": "1"}), (500, {}), (200, {})])
+    # Retry-After 3 s is well above the queue's own backoff here (0.2 s base, 1 s at most).
+    cb = Callback(script=[(429, {"Retry-After": "3"}), (500, {}), (200, {})])
     d = Daemon(tmp_path).start()
     try:
-        t0 = time.time()
         assert d.webhook(ticket("R-1", cb), delivery="r1").status_code == 202
         d.wait_depth(done=1)
-        assert cb.ids() == ["R-1"]
-        assert time.time() - t0 >= 1.0  # Retry-After honoured
+        assert [a["status"] for a in cb.attempts] == [429, 500, 200] and cb.ids() == ["R-1"]
+        gap = cb.attempts[1]["at"] - cb.attempts[0]["at"]
+        assert gap >= 2.9, f"the attempt after the 429 came {gap:.2f} s later, before its Retry-After of 3 s"
+        bodies = [a["raw"] for a in cb.attempts]
+        assert bodies[0] == bodies[1] == bodies[2]  # every attempt writes back the same stored triage
+        for a in cb.attempts:
+            verify(a)
         jobs = d.api("/v1/jobs?state=done").json()["jobs"]
         assert jobs[0]["attempts"] == 3
+        history = d.api("/v1/tickets/generic/R-1").json()["history"]
+        assert len(history["results"]) == 1  # triaged once: the retries reused the stored result
+        assert [w["outcome"] for w in history["writebacks"]] == ["failed", "failed", "applied"]
+        assert [w["vendor_status"] for w in history["writebacks"]] == [429, 500, 200]
     finally:
         d.stop()
         cb.close()
@@ -261,10 +340,19 @@ def test_vendor_down_parks_the_job_dead_and_retry_requeues_it(tmp_path):
         dead = d.api("/v1/jobs?state=dead").json()["jobs"]
         assert len(dead) == 1 and "500" in dead[0]["last_error"]
         assert 'triage_queue_jobs{state="dead"} 1.0' in requests.get(d.base + "/metrics", timeout=10).text
+        listed = subprocess.run([EXE, "jobs", "list", "--state", "dead", "--json"], env=d.env, capture_output=True,
+                                timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        listed = json.loads(listed.stdout)
+        assert [(j["ticket_ref"], j["state"], j["attempts"]) for j in listed["jobs"]] == [("D-1", "dead", 3)]
+        assert "500" in listed["jobs"][0]["last_error"] and listed["depth"]["dead"] == 1
         code = subprocess.run([EXE, "jobs", "retry", "--all"], env=d.env, capture_output=True, timeout=120)
         assert code.returncode == 0 and b"1 job(s) re-queued" in code.stdout
         d.wait_depth(done=1)
         assert cb.ids() == ["D-1"]  # the callback recovered (its script ran out): nothing was lost
+        assert len(cb.attempts) == 4
+        history = d.api("/v1/tickets/generic/D-1").json()["history"]
+        assert len(history["results"]) == 1  # the re-queued job reused its stored triage
     finally:
         d.stop()
         cb.close()
@@ -276,15 +364,26 @@ def test_shadow_mode_writes_nothing(tmp_path, callback):
         assert d.webhook(ticket("S-1", callback), delivery="s1").status_code == 202
         d.wait_depth(done=1)
         time.sleep(0.5)
-        assert callback.received == []
+        assert callback.attempts == []  # not even tried
         history = d.api("/v1/tickets/generic/S-1").json()
-        assert "shadow" in json.dumps(history)
+        assert history["state"] == "done"
+        writebacks = history["history"]["writebacks"]
+        assert len(writebacks) == 1 and writebacks[0]["outcome"] == "shadow"
+        assert writebacks[0]["vendor_status"] is None
+        # what would have been written is stored for evaluation
+        sent, triaged = writebacks[0]["fields_sent"], history["result"]["ticket"]
+        assert sent and "summary" in sent and all(triaged[k] == v for k, v in sent.items())
+        assert "shadow mode" in writebacks[0]["note"]
+        metrics = requests.get(d.base + "/metrics", timeout=10).text
+        assert 'triage_writebacks_total{connector="generic",outcome="shadow"} 1.0' in metrics
+        assert 'outcome="applied"' not in metrics
     finally:
         d.stop()
 
 
 def test_field_below_threshold_is_not_written(tmp_path, callback):
-    d = Daemon(tmp_path, TRIAGE_POLICY_FIELDS="{priority: {threshold: 1.0}, summary: {mode: 'off'}}").start()
+    d = Daemon(tmp_path, TRIAGE_POLICY_FIELDS="{priority: {threshold: 1.0}, summary: {mode: 'off'}}",
+               TRIAGE_POLICY_REVIEW_MARKER="needs-a-human").start()
     try:
         assert d.webhook(ticket("L-1", callback), delivery="l1").status_code == 202
         d.wait_depth(done=1)
@@ -292,5 +391,7 @@ def test_field_below_threshold_is_not_written(tmp_path, callback):
         assert "priority" not in body["ticket"] and "summary" not in body["ticket"]
         assert "category" in body["ticket"]
         assert body["needs_review"] is True
+        assert body["review_marker"] == "needs-a-human"  # policy.review_marker, for the ticket to carry
+        assert "Needs review: priority" in body["note"] and "below 100%" in body["note"]
     finally:
         d.stop()

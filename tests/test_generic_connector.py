@@ -14,7 +14,7 @@ import pytest
 
 from connectors.base import (Connector, ConnectorConfigError, WebhookRejected, WritebackError, load_connectors,
                              parse_retry_after)
-from connectors.generic import GenericConnector, from_config, sign
+from connectors.generic import GenericConnector, from_config, sign, signed_headers, verify
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket
 from triage_core.triager import TriageResult
@@ -28,12 +28,10 @@ def conn() -> GenericConnector:
     return from_config({"timeout": 2}, ENV)
 
 
-def signed(payload, delivery: str | None = None, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+def signed(payload, secret: str = SECRET, now: float | None = None) -> tuple[bytes, dict[str, str]]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
-    headers = {"x-triage-signature": sign(secret.encode(), body), "Content-Type": "application/json"}
-    if delivery:
-        headers["X-Triage-Delivery"] = delivery
-    return body, headers
+    headers = {**signed_headers(secret.encode(), body, now), "Content-Type": "application/json"}
+    return body, {k.lower(): v for k, v in headers.items()}  # lower case: headers are looked up case-blind
 
 
 def rejected(conn, body, headers) -> WebhookRejected:
@@ -47,9 +45,10 @@ def rejected(conn, body, headers) -> WebhookRejected:
 def test_valid_webhook_is_parsed(conn):
     payload = {"id": "INC-7", "text": "VPN drops every 5 minutes", "callback_url": "http://127.0.0.1:9/cb",
                "project": "IT", "type": "Incident", "fields": {"priority": "High", "category": None, "x": " "}}
-    body, headers = signed(payload, delivery="d-1")
+    body, headers = signed(payload)
     [t] = conn.parse_webhook(body, headers, {})
-    assert t == InboundTicket(connector="generic", ref="INC-7", event_key="d-1", text="VPN drops every 5 minutes",
+    assert t == InboundTicket(connector="generic", ref="INC-7", event_key=hashlib.sha256(body).hexdigest(),
+                              text="VPN drops every 5 minutes",
                               project="IT", ticket_type="Incident", current={"priority": "High"},
                               callback_url="http://127.0.0.1:9/cb")
     [t] = conn.parse_webhook(*signed({"id": "INC-8", "text": "printer jam"}), {})
@@ -61,7 +60,10 @@ def test_valid_webhook_is_parsed(conn):
 def test_signature_is_required_and_checked(conn):
     body, headers = signed({"id": "1", "text": "hello"})
     assert rejected(conn, body, {"Content-Type": "application/json"}).status == 401
-    assert rejected(conn, body, {**headers, "x-triage-signature": sign(b"wrong", body)}).status == 401
+    ts = headers["x-triage-timestamp"]
+    assert rejected(conn, body, {**headers, "x-triage-signature": sign(b"wrong", ts, body)}).status == 401
+    assert rejected(conn, body, {**headers, "x-triage-signature": sign(SECRET.encode(), int(ts) + 1, body)}
+                    ).status == 401  # the timestamp is signed: moving it breaks the signature
     assert rejected(conn, body, {**headers, "x-triage-signature": "sha256=zz\u00e9"}).status == 401
     tampered = body.replace(b"hello", b"HELLO")
     assert rejected(conn, tampered, headers).status == 401
@@ -138,7 +140,7 @@ class Callback:
 
     def __init__(self):
         self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.status, self.headers, self.delay = 200, {}, 0.0
+        self.status, self.headers, self.delay, self.body = 200, {}, 0.0, b""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,8 +151,9 @@ class Callback:
                 self.send_response(outer.status)
                 for k, v in outer.headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(outer.body)))
                 self.end_headers()
+                self.wfile.write(outer.body)
 
             def log_message(self, *args):
                 pass
@@ -187,7 +190,8 @@ def test_write_back_posts_signed_json(conn, callback):
     outcome = conn.write_back(*job(callback.url))
     assert (outcome.outcome, outcome.status) == ("applied", 200)
     [(headers, body)] = callback.requests
-    assert headers["X-Triage-Signature"] == sign(SECRET.encode(), body)
+    assert abs(verify(SECRET.encode(), body, headers) - time.time()) < 60  # signed like a webhook: timestamp.body
+    assert headers["X-Triage-Signature"] == sign(SECRET.encode(), headers["X-Triage-Timestamp"], body)
     assert headers["X-Triage-Delivery"] == "d-1"
     sent = json.loads(body)
     assert sent["id"] == "INC-7"
@@ -240,3 +244,76 @@ def test_callback_host_rechecked_at_write_back(conn):
     with pytest.raises(WritebackError) as err:
         conn.write_back(*job("http://evil.example/cb"))
     assert not err.value.retryable
+
+
+def test_callback_4xx_keeps_the_receivers_message(conn, callback):
+    callback.status, callback.body = 400, json.dumps({"error": "unknown ticket INC-7 in project OPS"}).encode()
+    with pytest.raises(WritebackError) as err:
+        conn.write_back(*job(callback.url))
+    assert (err.value.status, err.value.retryable) == (400, False)
+    assert "unknown ticket INC-7 in project OPS" in str(err.value)
+    callback.status, callback.body = 422, b"priority High is not allowed here"
+    with pytest.raises(WritebackError, match="priority High is not allowed here"):
+        conn.write_back(*job(callback.url))
+
+
+def test_callback_goes_through_the_shared_vendor_layer(conn, callback, monkeypatch):
+    from connectors import http
+
+    calls = []
+    real = http.VendorClient.request
+    monkeypatch.setattr(http.VendorClient, "request", lambda self, *a, **kw: calls.append(a) or real(self, *a, **kw))
+    conn.write_back(*job(callback.url + "?tenant=7"))
+    assert calls == [("POST", "/triaged?tenant=7")]
+    assert len(callback.requests) == 1
+
+
+# --- timestamp, tolerance window and replays ------------------------------------------------------------------
+
+def test_timestamp_is_required_and_checked(conn):
+    body, headers = signed({"id": "1", "text": "printer jam"})
+    no_ts = {k: v for k, v in headers.items() if k != "x-triage-timestamp"}
+    assert "missing X-Triage-Timestamp" in rejected(conn, body, no_ts).reason
+    for bad in ("soon", "-5", "1e9", "\u0661\u0662", "9" * 40):
+        err = rejected(conn, body, {**headers, "x-triage-timestamp": bad})
+        assert err.status == 401 and "X-Triage-Timestamp" in err.reason
+    # the old body-only signature is refused: it does not cover the timestamp
+    import hmac as hmac_
+
+    body_only = "sha256=" + hmac_.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert rejected(conn, body, {**headers, "x-triage-signature": body_only}).status == 401
+
+
+@pytest.mark.parametrize("offset, accepted", [(-299, True), (299, True), (-301, False), (301, False),
+                                               (-86400, False), (3600, False)])
+def test_requests_outside_the_tolerance_window_are_refused(conn, offset, accepted):
+    body, headers = signed({"id": "W-1", "text": "printer jam"}, now=time.time() + offset)
+    if accepted:
+        assert conn.parse_webhook(body, headers, {})[0].ref == "W-1"
+    else:
+        err = rejected(conn, body, headers)
+        assert err.status == 401 and "tolerance 300 s" in err.reason
+        assert ("future" if offset > 0 else "past") in err.reason
+
+
+def test_tolerance_is_a_setting():
+    strict = from_config({"tolerance_seconds": 10}, ENV)
+    body, headers = signed({"id": "W-2", "text": "printer jam"}, now=time.time() - 30)
+    assert "tolerance 10 s" in rejected(strict, body, headers).reason
+    assert from_config({"tolerance_seconds": 60}, ENV).parse_webhook(body, headers, {})[0].ref == "W-2"
+    for bad in (0, -1, "300", True):
+        with pytest.raises(ConnectorConfigError, match=r"generic\.tolerance_seconds"):
+            from_config({"tolerance_seconds": bad}, ENV)
+
+
+def test_replay_and_resigned_retry_share_one_idempotency_key(conn):
+    payload = {"id": "INC-9", "text": "VPN drops"}
+    body, headers = signed(payload)
+    [first] = conn.parse_webhook(body, headers, {})
+    # the same captured request again, with any unsigned delivery header an attacker likes
+    [replay] = conn.parse_webhook(body, {**headers, "X-Triage-Delivery": "fresh-id"}, {})
+    # the sender's own retry, signed again a minute later
+    [retry] = conn.parse_webhook(*signed(payload, now=time.time() + 60), {})
+    assert first.event_key == replay.event_key == retry.event_key
+    [other] = conn.parse_webhook(*signed({"id": "INC-9", "text": "VPN drops again"}), {})
+    assert other.event_key != first.event_key

@@ -173,9 +173,11 @@ SECRET = "s3cret"
 
 def post(daemon, ref, text):
     body = json.dumps({"id": ref, "text": text}).encode()
-    sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    ts = str(int(time.time()))
+    sig = "sha256=" + hmac.new(SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     r = requests.post(daemon.url + "/webhooks/generic", data=body, timeout=30,
-                      headers={"X-Triage-Signature": sig, "Content-Type": "application/json"})
+                      headers={"X-Triage-Signature": sig, "X-Triage-Timestamp": ts,
+                               "Content-Type": "application/json"})
     assert r.status_code == 202, r.text
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -70,16 +71,32 @@ def get_config(ctx: click.Context) -> Config:
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="TRIAGE_CONFIG",
               help="YAML config file (default: embedded defaults; env TRIAGE_CONFIG).")
-@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging (-v info, -vv debug), and third-party warnings (bitsandbytes, transformers).")
 @click.version_option(package_name="ticket-triage")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Triage IT tickets with a small fine-tuned LLM and schema-guided decoding."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "huggingface_hub", "accelerate"):
-        logging.getLogger(noisy).setLevel(max(level, logging.ERROR))
+    if not verbose:
+        quiet_third_party()
     ctx.obj = {"config_path": config_path}
+
+
+#: Libraries whose warnings (missing optional kernels, deprecations) say nothing about the user's input.
+THIRD_PARTY_LOGGERS = ("transformers", "huggingface_hub", "accelerate", "bitsandbytes", "peft", "torch",
+                       "datasets", "tensorboard")
+
+
+def quiet_third_party() -> None:
+    """Hide third-party noise: their loggers below ERROR and Python warnings (FutureWarning, UserWarning...).
+
+    The CLI's own messages are not Python warnings (they are echoed or logged by triage_core, trainer and
+    connectors loggers), so they stay; `--verbose` shows everything."""
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
 
 
 def main() -> None:
