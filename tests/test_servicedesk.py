@@ -265,7 +265,8 @@ def test_lookup_values_the_instance_lacks_are_refused(make, field, value):
     rid = fake.add("Laptop screen broken", "cracked", category="Hardware")
     client = connector(settings).client
     with pytest.raises(VendorError, match="answered 400: 4001 Id or Name given in Input does not exist") as err:
-        client.request("PUT", f"/requests/{rid}", data={"input_data": json.dumps({"request": {field: {"name": value}}})})
+        client.request("PUT", f"/requests/{rid}",
+                       data={"input_data": json.dumps({"request": {field: {"name": value}}})})
     assert err.value.status == 400 and field in str(err.value)
     # a subcategory must belong to the request's category
     edit = {"request": {"subcategory": {"name": "VPN"}}}
