@@ -4,7 +4,9 @@ A `VendorClient` owns a requests Session (connection reuse, thread-safe enough f
 per call, no shared mutable state besides the pool), a base URL, timeouts and an `Auth`. Retries follow one rule
 for all vendors: 429, 502, 503, 504 and connection errors are retried with exponential backoff, honouring
 Retry-After; any other 4xx is final and raised with the vendor's own message, so a deleted ticket or a missing
-permission parks the job instead of hammering the vendor. A 401 lets the auth refresh its token once.
+permission parks the job instead of hammering the vendor. A 401 lets the auth refresh its token once. Two optional,
+per-client refinements for vendors that document them (Jira): `rate_limit_backoff`, the first wait after a 429 that
+names no delay, and `reset_header`, a header holding the ISO 8601 instant a rate limit resets.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import base64
 import logging
 import random
 import threading
+import time
+from datetime import datetime, timezone
 from typing import Any, Mapping, Protocol
 
 import requests
@@ -22,6 +26,7 @@ from .base import WritebackError, parse_retry_after
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+JITTER = (0.7, 1.3)  # the multiplier range of a rate-limit backoff (Atlassian's "Rate limiting" page)
 _MAX_MESSAGE = 300
 
 
@@ -77,7 +82,11 @@ class VendorClient:
 
     def __init__(self, vendor: str, base_url: str, auth: Auth, *, timeout: float = 10.0, attempts: int = 4,
                  max_wait: float = 30.0, backoff: float = 0.5, headers: Mapping[str, str] | None = None,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, rate_limit_backoff: float | None = None,
+                 reset_header: str | None = None):
+        """`rate_limit_backoff`: seconds before the first retry of a 429 without Retry-After or a usable reset
+        header, doubling per attempt, with jitter (None: the general `backoff`, as for every other failure).
+        `reset_header`: read on a 429 without Retry-After; its ISO 8601 instant, when in the future, is the wait."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"{vendor}: base URL must start with http:// or https://, got {base_url!r}")
         self.vendor = vendor
@@ -87,6 +96,8 @@ class VendorClient:
         self.attempts = max(1, attempts)
         self.max_wait = max_wait
         self.backoff = backoff
+        self.rate_limit_backoff = rate_limit_backoff
+        self.reset_header = reset_header
         self.session = session or requests.Session()
         self.session.headers.update(headers or {})
 
@@ -153,6 +164,8 @@ class VendorClient:
                 continue
             message = f"{self.vendor} {method} {path} answered {status}: {vendor_message(response)}"
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is None and status == 429 and self.reset_header:
+                retry_after = seconds_until(response.headers.get(self.reset_header))
             response.close()
             if status in RETRY_STATUSES:
                 error = VendorError(message, retryable=True, retry_after=retry_after, status=status)
@@ -165,11 +178,29 @@ class VendorClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.error.retry_after is not None:
             return min(exc.error.retry_after, self.max_wait)
+        if isinstance(exc, _Transient) and exc.error.status == 429 and self.rate_limit_backoff:
+            delay = self.rate_limit_backoff * (2 ** (state.attempt_number - 1))
+            return min(self.max_wait, delay * random.uniform(*JITTER))
         delay = self.backoff * (2 ** (state.attempt_number - 1))
         return min(self.max_wait, delay * (1 + random.random() * 0.2))
 
     def _sleep(self, seconds: float) -> None:
         threading.Event().wait(seconds)
+
+
+def seconds_until(value: str | None, now: float | None = None) -> float | None:
+    """Seconds until an ISO 8601 instant (`2024-05-01T10:15Z`, as Jira's X-RateLimit-Reset), None when absent,
+    unreadable or not in the future (a reset already past says nothing about how long to wait)."""
+    if not value or not value.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))  # Python 3.10 reads no "Z"
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    left = when.timestamp() - (time.time() if now is None else now)
+    return left if left > 0 else None
 
 
 def vendor_message(response: requests.Response) -> str:

@@ -12,7 +12,15 @@ Where each taxonomy field lives in Jira is `targets` (field -> `priority` | `com
 come from `field_map` (connectors/fieldmap.py). Write-back is `PUT /rest/api/3/issue/{key}` with only the
 applied fields plus the review marker as an added label, then one internal comment: the JSM property
 `sd.public.comment: {internal: true}` (`internal_comment: jsm`) or a role/group restriction (`plain`).
-Closed tickets for retraining come from `POST /rest/api/3/search/jql`, paged by `nextPageToken`.
+`notify_users: false` adds `?notifyUsers=false` to the edit so watchers get no e-mail; Jira allows that only to a
+user with the Administer Projects (or Administer Jira) permission, so when Jira refuses it (403/400) the edit is
+sent once more without it, a warning is logged once, and later edits notify as usual.
+Closed tickets for retraining come from `POST /rest/api/3/search/jql`, paged by `nextPageToken`. JQL reads a date
+literal in the API user's profile time zone, so a `since` instant is written in the zone `GET /rest/api/3/myself`
+reports (or, when it reports none, as minutes before Jira's now).
+
+Rate limits (Atlassian, "Rate limiting"): a 429 with Retry-After waits that long; without it, until
+`X-RateLimit-Reset` when that is in the future; otherwise about 5 s, doubling per attempt, with jitter.
 
 Auth: `email` + API token (`api_token_env`, basic) or an OAuth 2.0 access token (`oauth_token_env`, bearer,
 with `base_url` https://api.atlassian.com/ex/jira/<cloud id>). A bearer is not refreshed here: a 401 is final.
@@ -25,10 +33,12 @@ import logging
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
@@ -38,7 +48,7 @@ from triage_core.triager import TriageResult
 from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
                    json_body)
 from .fieldmap import FieldMap
-from .http import StaticAuth, VendorClient
+from .http import StaticAuth, VendorClient, VendorError
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +65,13 @@ DEFAULTS: dict[str, Any] = {
     "priority_by": "name", "option_by": "value",
     "human_set_fields": ["category", "subcategory", "assignment_group"], "default_priority": "Medium",
     "internal_comment": "jsm", "comment_visibility": None,
-    "closed_jql": None, "closed_days": 90, "page_size": 100, "timeout": 10.0,
+    "closed_jql": None, "closed_days": 90, "page_size": 100, "timeout": 10.0, "notify_users": True,
 }
+RATE_LIMIT_BACKOFF = 5.0  # seconds before retrying a 429 that names no delay ("Rate limiting" page)
+RESET_HEADER = "X-RateLimit-Reset"
+NOTIFY_REFUSED = (400, 403)  # how Jira answers notifyUsers=false from a user without Administer Projects
 _CUSTOM = re.compile(r"^customfield_\d+$")
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ISSUE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}-\d{1,12}$")
 _CASCADE = re.compile(r"Parent values:\s*(.*?)\((\d+)\)(?:\s*Level 1 values:\s*(.*?)\((\d+)\))?", re.S)
 _MAX_BODY = 4 * 1024 * 1024
@@ -82,6 +96,7 @@ class JiraOptions:
     closed_jql: str | None = None
     closed_days: int = 90
     page_size: int = 100
+    notify_users: bool = True  # False: edits send notifyUsers=false (needs Administer Projects)
 
 
 class JiraConnector:
@@ -98,6 +113,7 @@ class JiraConnector:
         self._taxonomy: Taxonomy | None = None  # known after check_taxonomy: labels are then checked against it
         self._done: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
         self._lock = threading.Lock()
+        self._notify_refused = False  # Jira refused notifyUsers=false once: edits notify from then on
 
     def __repr__(self) -> str:  # never a secret
         return f"JiraConnector({self.client.base_url!r}, targets={self.targets})"
@@ -274,7 +290,7 @@ class JiraConnector:
             done = set(self._done.get(done_key, ()))
         edit, status = self._edit(ticket, plan), None
         if edit and "edit" not in done:
-            status = self.client.request("PUT", path, json_body=edit).status_code
+            status = self._put(path, edit)
             self._mark(done_key, "edit")
         if "comment" not in done:
             comment: dict[str, Any] = {"body": _adf_doc(plan.note or "Triaged by ticket-triage.")}
@@ -286,6 +302,28 @@ class JiraConnector:
             self._mark(done_key, "comment")
         written = ", ".join(sorted(edit.get("fields", {}))) or "no field"
         return WritebackOutcome("applied", status, f"{written} written, internal comment posted")
+
+    def _put(self, path: str, edit: dict[str, Any]) -> int:
+        """The edit, without notifying watchers when configured and allowed. Jira refuses notifyUsers=false to a
+        user without Administer Projects: the edit is then sent once more as a plain one, and if that succeeds
+        the refusal was about the permission, so it is logged once and not asked for again."""
+        with self._lock:
+            quiet = not self.opt.notify_users and not self._notify_refused
+        if not quiet:
+            return self.client.request("PUT", path, json_body=edit).status_code
+        try:
+            return self.client.request("PUT", path, params={"notifyUsers": "false"}, json_body=edit).status_code
+        except VendorError as exc:
+            if exc.status not in NOTIFY_REFUSED:
+                raise
+            refusal = str(exc)
+        status = self.client.request("PUT", path, json_body=edit).status_code
+        with self._lock:
+            first, self._notify_refused = not self._notify_refused, True
+        if first:
+            log.warning("jira: notify_users is false but Jira refused notifyUsers=false (the bot needs the "
+                        "Administer Projects permission); edits notify watchers from now on. Jira said: %s", refusal)
+        return status
 
     def _mark(self, key: tuple[str, str], step: str) -> None:
         with self._lock:
@@ -334,14 +372,26 @@ class JiraConnector:
 
     # -- closed tickets ----------------------------------------------------------------------------------------
 
+    def _user_zone(self) -> ZoneInfo | None:
+        """The API user's profile time zone, in which JQL reads date literals; None when Jira shows none."""
+        me = self.client.json("GET", "/rest/api/3/myself") or {}
+        name = me.get("timeZone") if isinstance(me, dict) else None
+        if not isinstance(name, str) or not name:
+            return None
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("jira: unknown time zone %r for the API user; closed-ticket JQL uses relative minutes", name)
+            return None
+
     def closed_tickets(self, since: Any = None) -> Iterator[dict]:
         """Labelled-ticket records (DESIGN.md) of issues resolved since `since` (a datetime, date, ISO string,
         or a number of days; None: `closed_days`), oldest first. Needs `check_taxonomy` first, so that no label
         outside the taxonomy is kept."""
         if self._taxonomy is None:
             raise RuntimeError("JiraConnector.closed_tickets: call check_taxonomy(taxonomy) first")
-        jql = f"({self.opt.closed_jql}) AND {_resolved_since(since, self.opt.closed_days)}" if self.opt.closed_jql \
-            else _resolved_since(since, self.opt.closed_days)
+        clause = _resolved_since(since, self.opt.closed_days, self._user_zone)
+        jql = f"({self.opt.closed_jql}) AND {clause}" if self.opt.closed_jql else clause
         wanted = ["summary", "description", "resolutiondate", "project", "issuetype"]
         wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
         token: str | None = None
@@ -425,9 +475,10 @@ def _any_parent(taxonomy: Taxonomy, name: str, label: str) -> str | None:
     return next((p for p, values in f.children.items() if label in values), None) if f.parent else None
 
 
-def _resolved_since(since: Any, days: int) -> str:
-    """The JQL clause for "resolved since". JQL reads dates in the API user's time zone, so a datetime is
-    sent in UTC only when it has a zone; prefer days for overlap-tolerant imports."""
+def _resolved_since(since: Any, days: int, zone_of: Callable[[], ZoneInfo | None] | None = None) -> str:
+    """The JQL clause for "resolved since". JQL reads a date literal in the API user's profile time zone
+    ("JQL fields: Resolved"), so an instant (a zone-less one is UTC) is written in that zone (`zone_of()`), or,
+    when Jira shows none, as whole minutes before Jira's now, which no zone shifts. A date is a calendar day."""
     if since is None:
         return f"resolved >= -{days}d"
     if isinstance(since, bool) or not isinstance(since, (int, float, str, date)):
@@ -435,11 +486,14 @@ def _resolved_since(since: Any, days: int) -> str:
     if isinstance(since, (int, float)):
         return f"resolved >= -{max(0, math.ceil(since))}d"
     if isinstance(since, str):
-        since = datetime.fromisoformat(since.strip().replace("Z", "+00:00"))
+        text = since.strip()
+        since = date.fromisoformat(text) if _DATE_ONLY.match(text) else datetime.fromisoformat(text.replace("Z", "+00:00"))
     if isinstance(since, datetime):
-        if since.tzinfo is not None:
-            since = since.astimezone(timezone.utc)
-        return f'resolved >= "{since:%Y-%m-%d %H:%M}"'
+        instant = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
+        zone = zone_of() if zone_of is not None else None
+        if zone is None:
+            return f"resolved >= -{max(0, math.ceil((time.time() - instant.timestamp()) / 60))}m"
+        return f'resolved >= "{instant.astimezone(zone):%Y-%m-%d %H:%M}"'  # minutes floored: overlap, no gap
     return f'resolved >= "{since:%Y-%m-%d}"'
 
 
@@ -524,14 +578,19 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConn
                                     and isinstance(visibility.get("value"), str) and visibility["value"]):
         raise ConnectorConfigError(f"{KEY}.comment_visibility: internal_comment plain needs "
                                    "{type: role | group, value: <role or group name>}")
+    notify = s["notify_users"]
+    if not isinstance(notify, bool):
+        raise ConnectorConfigError(f"{KEY}.notify_users: expected true or false, got {notify!r}")
     client = VendorClient("Jira", base_url, auth, timeout=float(number("timeout", False)),
-                          headers={"Accept": "application/json"})
+                          headers={"Accept": "application/json"}, rate_limit_backoff=RATE_LIMIT_BACKOFF,
+                          reset_header=RESET_HEADER)
     options = JiraOptions(
         targets, bot_account_id=text("bot_account_id"), priority_by=choice("priority_by", ("name", "id")),
         option_by=choice("option_by", ("value", "id")), human_set_fields=tuple(human),
         default_priority=text("default_priority"), internal_comment=internal,
         comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=text("closed_jql"),
-        closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000))
+        closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000),
+        notify_users=notify)
     return JiraConnector(client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), options,
                          secret=hook_secret.encode("utf-8") if hook_secret else None,
                          url_secret=url_secret.encode("utf-8") if url_secret else None)

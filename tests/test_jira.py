@@ -10,7 +10,9 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ import requests
 from connectors.base import ConnectorConfigError, FieldChange, WebhookRejected
 from connectors.http import VendorError
 from connectors.jira import adf_to_text, from_config
-from fake_jira import FakeJira
+from fake_jira import NOTIFY_FORBIDDEN, FakeJira, Select
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket
 from triage_core.taxonomy import load_taxonomy
@@ -29,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
 SECRET = "jira-webhook-secret"
 BOT = "5c0ffee0000000000000b0t"
-CUSTOM = ("customfield_10050", "customfield_10060", "customfield_10070")
 FIELD_MAP = {"category": "same", "subcategory": "same",
              "priority": {"Low": "Low", "Medium": "Medium", "High": "High", "Critical": "Highest"},
              "assignment_group": "same", "request_type": {"Incident": "Incident", "Service Request": "Service request"}}
@@ -43,9 +44,16 @@ def taxonomy():
     return load_taxonomy(ROOT / "config" / "taxonomy.yaml")  # no model needed for contract tests
 
 
+def site_fields(taxonomy) -> dict[str, Select]:
+    """The Jira site's field configuration, set up by its admin to match the taxonomy and FIELD_MAP."""
+    return {"customfield_10050": Select.cascade(taxonomy["subcategory"].children),
+            "customfield_10060": Select(list(taxonomy["assignment_group"].values)),
+            "customfield_10070": Select(["Incident", "Service request", "Change"])}
+
+
 @pytest.fixture(scope="module")
-def server():
-    fake = FakeJira(custom_fields=CUSTOM)
+def server(taxonomy):
+    fake = FakeJira(fields=site_fields(taxonomy))
     yield fake
     fake.close()
 
@@ -53,7 +61,8 @@ def server():
 @pytest.fixture()
 def fake(server):
     server.reset()
-    return server
+    yield server
+    assert not server.problems, server.problems  # the connector never sent what a real Jira site refuses
 
 
 def settings(fake: FakeJira, **extra) -> dict:
@@ -273,6 +282,76 @@ def test_write_back_sends_one_put_and_one_internal_comment(conn, fake):
     assert fake.problems == []
 
 
+@pytest.mark.parametrize("current, result, cascade", [
+    ({"category": "Network"}, {}, {"value": "Network", "child": {"value": "VPN"}}),  # the child under the human's
+    ({}, {"category": "Access", "subcategory": "Password Reset"},
+     {"value": "Access", "child": {"value": "Password Reset"}}),
+])
+def test_cascade_child_is_written_under_its_parent(conn, fake, current, result, cascade):
+    fake.add_issue("IT-42")
+    triaged = dataclasses.replace(RESULT, ticket={**RESULT.ticket, **result})
+    t = ticket(current)
+    conn.write_back(t, plan_for(t, triaged), triaged)
+    [put] = fake.calls("PUT")
+    assert put.json()["fields"]["customfield_10050"] == cascade
+    assert fake.issues["IT-42"]["fields"]["customfield_10050"] == cascade
+
+
+def nested_subcategories(taxonomy, category: str, label: str, vendor: str) -> dict:
+    return {c: ({v: (vendor if v == label else v) for v in children} if c == category else "same")
+            for c, children in taxonomy["subcategory"].children.items()}
+
+
+@pytest.mark.parametrize("field_map, jira_field, message", [
+    ({"priority": {**FIELD_MAP["priority"], "High": "Urgent"}}, "priority", "The priority selected is invalid."),
+    ({"request_type": {"Incident": "Incidents", "Service Request": "Service request"}}, "customfield_10070",
+     "Option value 'Incidents' is not valid"),
+    ("subcategory", "customfield_10050", "Option value 'VPN access' is not valid for parent option 'Network'"),
+])
+def test_values_outside_the_site_configuration_are_refused_as_jira_does(fake, taxonomy, field_map, jira_field,
+                                                                        message):
+    """Edit issue answers 400 with the field's error for an option, priority or cascade child the site lacks."""
+    if field_map == "subcategory":
+        field_map = {"subcategory": nested_subcategories(taxonomy, "Network", "VPN", "VPN access")}
+    conn = from_config(settings(fake, field_map={**FIELD_MAP, **field_map}), ENV)
+    conn.check_taxonomy(taxonomy)  # the map covers every label: only the site can tell it is wrong
+    fake.add_issue("IT-42")
+    t = ticket()
+    with pytest.raises(VendorError) as err:
+        conn.write_back(t, plan_for(t, default_threshold=0.4), RESULT)
+    assert err.value.status == 400 and not err.value.retryable and f"{jira_field}: {message}" in str(err.value)
+    assert fake.issues["IT-42"]["fields"]["labels"] == [] and "IT-42" not in fake.comments
+    assert fake.problems == [f"PUT /rest/api/3/issue/IT-42: Jira refuses {jira_field}: {message}"]
+    fake.problems.clear()  # recorded, as the fixture needs: the refusal was the point
+
+
+def test_the_fake_resolves_option_ids_per_parent_and_knows_no_other_field(fake):
+    fake.add_issue("IT-42")
+    network, vpn = fake.option_id("customfield_10050", "Network"), fake.option_id("customfield_10050", "VPN",
+                                                                                     parent="Network")
+    other_under_hardware = fake.option_id("customfield_10050", "Other", parent="Hardware")
+    headers = {"Authorization": fake.authorization, "Accept": "application/json",
+               "Content-Type": "application/json"}
+
+    def put(fields: dict) -> requests.Response:
+        return requests.put(fake.url + "/rest/api/3/issue/IT-42", json={"fields": fields}, headers=headers,
+                            timeout=5)
+
+    assert put({"customfield_10050": {"id": network, "child": {"id": vpn}}, "priority": {"id": "2"}}).status_code \
+        == 204
+    cases = [({"customfield_10050": {"id": network, "child": {"id": other_under_hardware}}},
+              f"Option id '{other_under_hardware}' is not valid for parent option 'Network'"),
+             ({"priority": {"id": "9"}}, "The priority selected is invalid."),
+             ({"components": [{"name": "Network"}]}, "Component name 'Network' is not valid"),
+             ({"customfield_99999": {"value": "x"}}, "Field 'customfield_99999' cannot be set.")]
+    for fields, message in cases:
+        r = put(fields)
+        assert r.status_code == 400 and message in json.dumps(r.json()["errors"]), r.text
+    assert len(fake.problems) == len(cases)
+    assert fake.issues["IT-42"]["fields"]["customfield_10050"] == {"id": network, "child": {"id": vpn}}
+    fake.problems.clear()
+
+
 def test_write_back_by_id_plain_comment_and_nothing_to_apply(fake, taxonomy):
     ids = {"Low": "4", "Medium": "3", "High": "2", "Critical": "1"}
     conn = from_config(settings(fake, priority_by="id", field_map={"priority": ids}, targets={"category": None},
@@ -311,15 +390,143 @@ def test_retry_after_a_failed_comment_does_not_edit_again(conn, fake):
     assert len(fake.calls("PUT")) == 1 and len(fake.comments["IT-42"]) == 1
 
 
+RATE_LIMITED = {"errorMessages": ["Rate limit exceeded."]}
+
+
+def put_gaps(fake: FakeJira) -> list[float]:
+    """Seconds between successive PUTs as the fake received them (the 429 and the retry after it)."""
+    times = [r.at for r in fake.calls("PUT")]
+    return [b - a for a, b in zip(times, times[1:])]
+
+
 def test_429_with_retry_after_is_retried(conn, fake):
     fake.add_issue("IT-42")
-    fake.fail_next("PUT", r"/issue/IT-42$", 429, {"errorMessages": ["Rate limit exceeded."]},
-                   headers={"Retry-After": "1"})
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED, headers={"Retry-After": "1"})
     t = ticket()
-    start = time.monotonic()
     assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
-    assert time.monotonic() - start >= 0.95
+    [gap] = put_gaps(fake)
+    assert 0.95 <= gap < 1.5  # Retry-After, not the 0.05 s general backoff nor the 5 s rate-limit one
     assert len(fake.calls("PUT")) == 2 and len(fake.calls("POST")) == 1
+
+
+def test_429_without_retry_after_backs_off_about_five_seconds(fake, taxonomy):
+    """Atlassian's "Rate limiting" page: without Retry-After, back off from about 5 s with 0.7-1.3x jitter."""
+    conn = from_config(settings(fake), ENV)  # the shipped defaults, nothing scaled down
+    conn.check_taxonomy(taxonomy)
+    fake.add_issue("IT-42")
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED)
+    t = ticket()
+    assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    [gap] = put_gaps(fake)
+    assert 5.0 * 0.7 - 0.05 <= gap <= 5.0 * 1.3 + 0.3
+
+
+def test_429_backoff_doubles_with_jitter(conn, fake, monkeypatch):
+    import connectors.http as http
+
+    ranges: list[tuple[float, float]] = []
+
+    def top_of_range(lo: float, hi: float) -> float:
+        ranges.append((lo, hi))
+        return hi
+
+    monkeypatch.setattr(http.random, "uniform", top_of_range)
+    conn.client.rate_limit_backoff = 0.2  # scaled down from 5 s; the doubling and the jitter are the same
+    fake.add_issue("IT-42")
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED, times=3)
+    t = ticket()
+    assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    gaps = put_gaps(fake)
+    assert len(gaps) == 3 and ranges == [(0.7, 1.3)] * 3
+    for gap, expected in zip(gaps, (0.26, 0.52, 1.04)):  # 0.2 s, 0.4 s, 0.8 s, each at 1.3x
+        assert expected - 0.01 <= gap <= expected + 0.25, gaps
+
+
+def test_429_waits_until_x_ratelimit_reset(conn, fake):
+    fake.add_issue("IT-42")
+    reset = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED,
+                   headers={"X-RateLimit-Reset": reset.isoformat(timespec="milliseconds").replace("+00:00", "Z")})
+    t = ticket()
+    assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    [gap] = put_gaps(fake)
+    assert 1.3 <= gap <= 2.2  # until the reset, not the 5 s rate-limit backoff
+
+
+def test_a_distant_or_past_x_ratelimit_reset(conn, fake):
+    """Jira's documented format is yyyy-MM-ddTHH:mmZ. Ten minutes away: the queue waits, not a worker. Already
+    past: it says nothing, and the rate-limit backoff applies."""
+    fake.add_issue("IT-42")
+    later = (datetime.now(timezone.utc) + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%MZ")
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED, headers={"X-RateLimit-Reset": later})
+    t = ticket()
+    with pytest.raises(VendorError) as err:
+        conn.write_back(t, plan_for(t), RESULT)
+    assert err.value.retryable and err.value.status == 429 and 540 <= err.value.retry_after <= 600
+    assert len(fake.calls("PUT")) == 1
+    fake.requests.clear()
+    conn.client.rate_limit_backoff = 0.3
+    past = (datetime.now(timezone.utc) - timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%MZ")
+    fake.fail_next("PUT", r"/issue/IT-42$", 429, RATE_LIMITED, headers={"X-RateLimit-Reset": past})
+    assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    [gap] = put_gaps(fake)
+    assert 0.3 * 0.7 - 0.01 <= gap <= 0.3 * 1.3 + 0.25
+
+
+def quiet_conn(fake, taxonomy):
+    conn = from_config(settings(fake, notify_users=False), ENV)
+    conn.check_taxonomy(taxonomy)
+    return conn
+
+
+def test_notify_users_false_edits_without_mailing_watchers(fake, taxonomy):
+    conn = quiet_conn(fake, taxonomy)
+    fake.add_issue("IT-42")
+    t = ticket()
+    assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    [put] = fake.calls("PUT")
+    assert put.query == {"notifyUsers": ["false"]} and fake.notified == []
+    assert fake.issues["IT-42"]["fields"]["customfield_10050"] == {"value": "Network", "child": {"value": "VPN"}}
+    default = from_config(settings(fake), ENV)  # the default notifies, as Jira does
+    default.check_taxonomy(taxonomy)
+    default.write_back(InboundTicket("jira", "IT-42", "wh-2", "x"), plan_for(t), RESULT)
+    assert fake.calls("PUT")[1].query == {} and fake.notified == ["IT-42"]
+
+
+def test_notify_users_refused_without_project_admin_falls_back_once(fake, taxonomy, caplog):
+    conn = quiet_conn(fake, taxonomy)
+    fake.project_admin = False
+    fake.add_issue("IT-42")
+    fake.add_issue("IT-43")
+    caplog.set_level(logging.WARNING, logger="connectors.jira")
+    for n, key in enumerate(("IT-42", "IT-43", "IT-42")):
+        t = InboundTicket("jira", key, f"wh-{n}", "VPN drops")
+        assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
+    queries = [r.query for r in fake.calls("PUT")]
+    # refused once (403), sent again without it; from then on edits are plain ones
+    assert queries == [{"notifyUsers": ["false"]}, {}, {}, {}]
+    assert fake.notified == ["IT-42", "IT-43", "IT-42"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Administer Projects" in warnings[0] and NOTIFY_FORBIDDEN in warnings[0]
+    assert len(fake.comments["IT-42"]) == 2 and len(fake.comments["IT-43"]) == 1
+
+
+def test_a_400_for_another_reason_is_not_taken_for_a_notify_refusal(fake, taxonomy, caplog):
+    conn = quiet_conn(fake, taxonomy)
+    fake.add_issue("IT-42")
+    caplog.set_level(logging.WARNING, logger="connectors.jira")
+    bad = dataclasses.replace(RESULT, ticket={**RESULT.ticket, "subcategory": "Password Reset"})
+    t = ticket()
+    plan = plan_for(t, bad)
+    plan.apply["subcategory"] = "Password Reset"  # as a buggy policy would: a child outside its parent
+    with pytest.raises(VendorError) as err:
+        conn.write_back(t, plan, bad)
+    assert err.value.status == 400 and "is not valid" in str(err.value)
+    assert [r.query for r in fake.calls("PUT")] == [{"notifyUsers": ["false"]}, {}]  # one retry, then final
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    fake.problems.clear()  # the two refusals were the point
+    conn.write_back(InboundTicket("jira", "IT-42", "wh-2", "x"), plan_for(t), RESULT)
+    assert fake.calls("PUT")[-1].query == {"notifyUsers": ["false"]}  # still asked for: it was never refused
 
 
 def test_deleted_issue_is_a_permanent_error_with_jiras_message(conn, fake):
@@ -332,7 +539,7 @@ def test_deleted_issue_is_a_permanent_error_with_jiras_message(conn, fake):
 
 
 def test_expired_oauth_token_is_final(taxonomy):
-    fake = FakeJira(bearer="fresh-token", custom_fields=CUSTOM)
+    fake = FakeJira(bearer="fresh-token", fields=site_fields(taxonomy))
     try:
         conn = from_config({**settings(fake), "email": None, "oauth_token_env": "JIRA_OAUTH"},
                            {"JIRA_OAUTH": "expired-token", "TRIAGE_JIRA_WEBHOOK_SECRET": SECRET})
@@ -350,13 +557,20 @@ def test_expired_oauth_token_is_final(taxonomy):
 
 # --- closed tickets -------------------------------------------------------------------------------------------
 
-def closed_issue(n: int, category: str | None, sub: str | None, priority: str) -> dict:
+def jira_time(when: datetime) -> str:
+    """A timestamp as Jira writes resolutiondate: 2024-05-01T09:30:00.000+0000."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+def closed_issue(n: int, category: str | None, sub: str | None, priority: str, resolved: datetime | None = None,
+                 project: str = "IT") -> dict:
     cascade = None if category is None else {"value": category, "id": str(100 + n),
                                              **({"child": {"value": sub, "id": str(200 + n)}} if sub else {})}
-    return {"id": str(20000 + n), "key": f"IT-{n}", "fields": {
+    resolved = resolved or datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=10 - n)
+    return {"id": str(20000 + n), "key": f"{project}-{n}", "fields": {
         "summary": f"Ticket {n}", "description": {"type": "doc", "version": 1, "content": [
             {"type": "paragraph", "content": [{"type": "text", "text": f"body {n}"}]}]},
-        "resolutiondate": f"2024-05-0{n}T09:30:00.000+0000", "priority": {"name": priority, "id": "3"},
+        "resolutiondate": jira_time(resolved), "priority": {"name": priority, "id": "3"},
         "customfield_10050": cascade, "customfield_10060": {"value": "Infrastructure", "id": "7"},
         "customfield_10070": {"value": "Service request", "id": "9"}, "labels": [], "components": [],
         "status": {"name": "Done"}}}
@@ -365,7 +579,8 @@ def closed_issue(n: int, category: str | None, sub: str | None, priority: str) -
 def test_closed_tickets_page_through_search_jql(fake, conn):
     fake.closed = [closed_issue(1, "Network", "VPN", "Highest"), closed_issue(2, "Hardware", "VPN", "Trivial"),
                    closed_issue(3, "Bogus", None, "Low"), closed_issue(4, None, None, "Medium"),
-                   closed_issue(5, "Access", "Password Reset", "High")]
+                   closed_issue(5, "Access", "Password Reset", "High"),
+                   closed_issue(6, "Network", "VPN", "High", resolved=datetime.now(timezone.utc) - timedelta(days=91))]
     conn.opt = dataclasses.replace(conn.opt, page_size=2)
     records = list(conn.closed_tickets(since=None))
     calls = fake.calls("POST", "/search/jql$")
@@ -374,9 +589,10 @@ def test_closed_tickets_page_through_search_jql(fake, conn):
     assert first["jql"] == "resolved >= -90d ORDER BY resolved ASC" and "nextPageToken" not in first
     assert first["maxResults"] == 2 and second["nextPageToken"] == "tok-1"
     assert {"summary", "description", "resolutiondate", "priority", "customfield_10050"} <= set(first["fields"])
-    assert [r["id"] for r in records] == ["IT-1", "IT-2", "IT-3", "IT-4", "IT-5"]
+    assert [r["id"] for r in records] == ["IT-1", "IT-2", "IT-3", "IT-4", "IT-5"]  # IT-6: 91 days ago
+    resolved = datetime.strptime(fake.closed[0]["fields"]["resolutiondate"], "%Y-%m-%dT%H:%M:%S.000%z")
     assert records[0] == {"id": "IT-1", "text": "Ticket 1\n\nbody 1", "source": "jira",
-                          "closed_at": "2024-05-01T09:30:00+00:00",
+                          "closed_at": resolved.isoformat(),
                           "labels": {"category": "Network", "subcategory": "VPN", "priority": "Critical",
                                      "assignment_group": "Infrastructure", "request_type": "Service Request"}}
     # values outside the taxonomy are dropped, never kept: a subcategory of another category, an unknown
@@ -385,16 +601,49 @@ def test_closed_tickets_page_through_search_jql(fake, conn):
                                     "request_type": "Service Request"}
     assert "category" not in records[2]["labels"] and records[2]["labels"]["priority"] == "Low"
     assert records[4]["labels"]["subcategory"] == "Password Reset"
-    assert fake.problems == []
 
 
-def test_closed_tickets_since_and_custom_jql(fake, conn):
-    from datetime import datetime, timezone
+SINCE = datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
 
+
+def resolved_around_since() -> list[dict]:
+    """Closed issues on both sides of SINCE (08:00 UTC), and one of another project."""
+    at = {"IT-1": "07:30", "IT-2": "08:00", "IT-3": "08:30", "HR-4": "09:00", "IT-5": "13:00"}
+    return [closed_issue(int(key[3:]), "Network", "VPN", "High", project=key[:2],
+                         resolved=datetime.fromisoformat(f"2024-05-01T{hhmm}+00:00")) for key, hhmm in at.items()]
+
+
+@pytest.mark.parametrize("zone, literal", [("UTC", "2024-05-01 08:00"), ("America/New_York", "2024-05-01 04:00"),
+                                           ("Asia/Kolkata", "2024-05-01 13:30")])
+def test_closed_tickets_since_and_custom_jql(fake, conn, zone, literal):
+    """JQL reads a date in the API user's zone: the instant is written in that zone, so the same issues come back
+    whatever the zone (a UTC literal read in New York starts four hours late; in Kolkata five and a half early)."""
+    fake.time_zone, fake.closed = zone, resolved_around_since()
     conn.opt = dataclasses.replace(conn.opt, closed_jql="project = IT")
-    assert list(conn.closed_tickets(since=datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc))) == []
-    assert fake.calls("POST")[0].json()["jql"] == \
-        '(project = IT) AND resolved >= "2024-05-01 08:00" ORDER BY resolved ASC'
+    records = list(conn.closed_tickets(since=SINCE))
+    assert [r["id"] for r in records] == ["IT-2", "IT-3", "IT-5"]  # HR-4: the custom JQL is honoured
+    assert records[0]["text"] == "Ticket 2\n\nbody 2" and records[0]["labels"]["subcategory"] == "VPN"
+    [search] = fake.calls("POST", "/search/jql$")
+    assert search.json()["jql"] == f'(project = IT) AND resolved >= "{literal}" ORDER BY resolved ASC'
+    assert len(fake.calls("GET", "/rest/api/3/myself$")) == 1
+
+
+@pytest.mark.parametrize("since", ["2024-05-01T10:00+02:00", "2024-05-01T08:00:00Z", datetime(2024, 5, 1, 8, 0)])
+def test_closed_tickets_since_as_string_or_naive_utc(fake, conn, since):
+    fake.time_zone, fake.closed = "Asia/Kolkata", resolved_around_since()
+    assert [r["id"] for r in conn.closed_tickets(since=since)] == ["IT-2", "IT-3", "HR-4", "IT-5"]
+
+
+def test_closed_tickets_without_a_user_time_zone_use_minutes_before_now(fake, conn):
+    """Where the profile hides its zone, JQL uses the site's: a relative date is read in no zone at all."""
+    fake.time_zone, fake.site_zone = None, "Asia/Kolkata"
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    fake.closed = [closed_issue(n, "Network", "VPN", "High", resolved=now - timedelta(hours=h))
+                   for n, h in ((1, 4), (2, 2), (3, 1))]
+    records = list(conn.closed_tickets(since=now - timedelta(hours=3)))
+    assert [r["id"] for r in records] == ["IT-2", "IT-3"]
+    jql = fake.calls("POST", "/search/jql$")[0].json()["jql"]
+    assert jql in ("resolved >= -180m ORDER BY resolved ASC", "resolved >= -181m ORDER BY resolved ASC")
 
 
 # --- configuration --------------------------------------------------------------------------------------------
@@ -424,6 +673,7 @@ def test_unmapped_label_is_a_start_up_error(fake, taxonomy):
     ({"priority_by": "colour"}, ENV, r"priority_by: expected one of name, id"),
     ({"internal_comment": "plain"}, ENV, r"comment_visibility"),
     ({"timeout": 0}, ENV, r"jira\.timeout"),
+    ({"notify_users": "no"}, ENV, r"jira\.notify_users: expected true or false"),
 ])
 def test_config_errors(fake, extra, env, fragment):
     with pytest.raises(ConnectorConfigError, match=fragment):
