@@ -85,6 +85,24 @@ def test_long_retry_after_goes_to_the_queue_not_a_sleeping_worker(api):
     assert len(api.calls("GET", "/slow")) == 1
 
 
+def test_rate_limit_backoff_and_reset_header_are_per_client(api):
+    """Jira's 429 etiquette is opt-in: a client without it waits the general backoff, and reads no reset header."""
+    reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+    for _ in range(2):
+        api.fail_next("GET", "/rl", 429, {}, {"X-RateLimit-Reset": reset})
+    t0 = time.monotonic()
+    client(api).request("GET", "/rl")  # the general 0.01 s backoff, as before
+    assert time.monotonic() - t0 < 0.5 and len(api.calls("GET", "/rl$")) == 3
+    api.fail_next("GET", "/rl2", 429, {})
+    t0 = time.monotonic()
+    client(api, rate_limit_backoff=0.5).request("GET", "/rl2")
+    assert 0.5 * 0.7 - 0.01 <= time.monotonic() - t0 <= 0.5 * 1.3 + 0.3
+    api.fail_next("GET", "/rl3", 429, {}, {"X-RateLimit-Reset": reset})
+    with pytest.raises(VendorError) as err:  # a minute away: longer than max_wait, handed to the queue
+        client(api, reset_header="X-RateLimit-Reset", max_wait=5).request("GET", "/rl3")
+    assert err.value.status == 429 and 55 <= err.value.retry_after <= 60 and len(api.calls("GET", "/rl3$")) == 1
+
+
 def test_absolute_urls_are_refused(api):
     with pytest.raises(ValueError):
         client(api).request("GET", "http://elsewhere.example/x")
