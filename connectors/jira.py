@@ -487,7 +487,8 @@ def _resolved_since(since: Any, days: int, zone_of: Callable[[], ZoneInfo | None
         return f"resolved >= -{max(0, math.ceil(since))}d"
     if isinstance(since, str):
         text = since.strip()
-        since = date.fromisoformat(text) if _DATE_ONLY.match(text) else datetime.fromisoformat(text.replace("Z", "+00:00"))
+        text = text.replace("Z", "+00:00")  # Python 3.10 reads no "Z"
+        since = date.fromisoformat(text) if _DATE_ONLY.match(text) else datetime.fromisoformat(text)
     if isinstance(since, datetime):
         instant = since if since.tzinfo is not None else since.replace(tzinfo=timezone.utc)
         zone = zone_of() if zone_of is not None else None

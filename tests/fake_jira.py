@@ -219,6 +219,7 @@ class FakeJira(FakeVendor):
             if not isinstance(value, list) or not all(isinstance(c, dict) and set(c) in ({"name"}, {"id"})
                                                       for c in value):
                 raise Problem(f"components must be a list of {{name}} or {{id}}, got {value!r}")
+            # Edit issue: a component must exist in the issue's project (project settings, "Components")
             bad = next((c["name"] for c in value if c.get("name") not in self.components), None)
             return None if bad is None else f"Component name '{bad}' is not valid"
         if name in self.custom_fields:
@@ -320,7 +321,8 @@ class JqlError(Exception):
     """JQL the fake cannot evaluate: the test fails rather than the fake guessing."""
 
 
-_TOKEN = re.compile(r'\s*(?:(?P<str>"[^"]*"|\'[^\']*\')|(?P<op>>=|<=|!=|=|>|<)|(?P<paren>[()])|(?P<word>[^\s()=<>!"\']+))')
+_TOKEN = re.compile(r'\s*(?:(?P<str>"[^"]*"|\'[^\']*\')|(?P<op>>=|<=|!=|=|>|<)|(?P<paren>[()])'
+                    r'|(?P<word>[^\s()=<>!"\']+))')
 _RELATIVE = re.compile(r"^([+-]?)(\d+)([mhdw])$")  # JQL fields, date fields: "-5d", "-90m" (m is minutes)
 _DATE_FORMATS = ("%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M", "%Y-%m-%d", "%Y/%m/%d")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

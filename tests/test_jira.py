@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
