@@ -34,7 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-HANG = "hang"  # a script entry: hold the request unanswered until `release()`
+HANG = "hang"  # a script entry: hold the request until `release()`, then drop it unanswered
+HOLD = "hold"  # a script entry: hold the request until `release()`, then answer 200
 
 
 class Callback:
@@ -56,14 +57,16 @@ class Callback:
                 at = time.monotonic()
                 with outer.lock:
                     entry = outer.script.pop(0) if outer.script else (200, {})
-                    status = None if entry == HANG else entry[0]
+                    status = None if entry == HANG else 200 if entry == HOLD else entry[0]
                     outer.attempts.append({"body": json.loads(raw), "raw": raw, "headers": dict(self.headers),
                                            "status": status, "at": at})
-                if entry == HANG:
+                if entry in (HANG, HOLD):
                     outer.hung.set()
                     outer._release.wait(600)
-                    self.close_connection = True
-                    return
+                    if entry == HANG:
+                        self.close_connection = True
+                        return
+                    entry = (200, {})
                 reply = entry[2].encode() if len(entry) > 2 else b""
                 self.send_response(status)
                 for k, v in entry[1].items():
@@ -114,7 +117,7 @@ class Daemon:
         self.env = {**os.environ, "TRIAGE_GENERIC_SECRET": SECRET, "TRIAGE_API_TOKEN": TOKEN,
                     "TRIAGE_DATABASE_URL": f"sqlite:///{self.db}", "TRIAGE_QUEUE_POLL_INTERVAL_SECONDS": "0.1",
                     "TRIAGE_QUEUE_BACKOFF_BASE_SECONDS": "0.2", "TRIAGE_QUEUE_BACKOFF_MAX_SECONDS": "1",
-                    "TRIAGE_QUEUE_LEASE_SECONDS": "5", **env}
+                    "TRIAGE_QUEUE_LEASE_SECONDS": "30", **env}  # leases outlast a batch on a busy CPU
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"daemon-{self.port}.log"
         self.proc = None
@@ -268,7 +271,10 @@ def test_sigkill_mid_queue_then_restart_finishes_every_job_once(tmp_path):
     # The third write-back hangs: the daemon is killed while it waits for the answer, so no write-back is in the
     # window between "the receiver accepted it" and "the daemon recorded it".
     callback = Callback(script=[(200, {}), (200, {}), HANG])
-    d = Daemon(tmp_path, TRIAGE_SERVER_WORKERS="1").start()
+    # One worker per run, so a short lease (the killed run's jobs come back 5 s after the restart) is never
+    # taken over from a live worker in the middle of a slow batch.
+    single = {"TRIAGE_SERVER_WORKERS": "1", "TRIAGE_QUEUE_LEASE_SECONDS": "5"}
+    d = Daemon(tmp_path, **single).start()
     n = 12
     try:
         for i in range(n):
@@ -280,7 +286,7 @@ def test_sigkill_mid_queue_then_restart_finishes_every_job_once(tmp_path):
         before = callback.ids()
         hung = callback.attempts[2]["body"]["id"]
         assert len(before) == 2 and hung not in before
-        d2 = Daemon(tmp_path)
+        d2 = Daemon(tmp_path, **single)
         d2.port, d2.base = d.port, d.base
         d2.start()
     except BaseException:
