@@ -247,3 +247,22 @@ def test_an_error_in_the_worker_hands_its_jobs_back_at_once(live_daemon, tmp_pat
     assert worker.ctx.queue.lease_seconds == 120 and time.time() - t0 < 120  # nobody waited for a lease to expire
     assert {ref: (j["state"], j["attempts"]) for ref, j in state.items()} == {"H-1": ("done", 2), "H-2": ("done", 2)}
     assert sorted(json.loads(b)["id"] for _, b in callback.requests) == ["H-1", "H-2"]
+
+
+# --- the CLI, the other edge -----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_repairs_undecodable_argv_and_refuses_letterless_text(tmp_path):
+    import subprocess
+
+    from test_cli import EXE
+
+    # b"\xff" in argv reaches Python as the lone surrogate U+DCFF, which the tokenizer cannot take
+    ok = subprocess.run([EXE, "triage", "--json", b"\xffprinter on floor 3 jams"], capture_output=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr.decode(errors="replace")
+    assert set(json.loads(ok.stdout)) >= {"ticket", "confidence"}
+    lines = tmp_path / "t.jsonl"
+    lines.write_text('{"id": "A", "text": "vpn \\ud800 down"}\n{"id": "B", "text": "\\u0001\\u0002 ?!"}\n')
+    bad = subprocess.run([EXE, "triage", "--file", str(lines)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: ticket B: empty text (no letters or digits), " \
+                                                         "nothing to triage"

@@ -168,9 +168,15 @@ def triage_command(ctx: click.Context, text: str | None, file_: Path | None, ada
             except UnicodeDecodeError as exc:
                 fail(f"stdin is not UTF-8 (byte {exc.start})")
         items = [("1", text or "")]
-    for ident, body in items:
-        if not body.strip():
-            fail(f"ticket {ident}: empty text, nothing to triage")
+    from .text import TextProblem, ticket_text
+
+    cleaned = []
+    for ident, body in items:  # the same check as the daemon's intake: argv can carry undecodable bytes
+        try:
+            cleaned.append((ident, ticket_text(body)))
+        except TextProblem:
+            fail(f"ticket {ident}: empty text (no letters or digits), nothing to triage")
+    items = cleaned
 
     config = get_config(ctx)
     from .model import ModelError
