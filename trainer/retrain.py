@@ -242,9 +242,12 @@ def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path
     torch.set_num_threads(max(1, int(job["threads"])))
     from triage_core.triager import Triager
 
+    from triage_core.triager import DecodingSettings
+
     from .evaluate import evaluate
+    from .recipe import train_adapter
     from .synthetic import INSTRUCTIONS
-    from .train import TrainSettings, train
+    from .train import TrainSettings
 
     config = Config(data=config_data, base_dir=Path(base_dir), source=source)
     taxonomy = load_taxonomy(config.taxonomy_path)
@@ -252,15 +255,20 @@ def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path
     test_records = read_records(job["test_path"])
     settings = TrainSettings.from_mapping(config["train"], max_steps=job["max_steps"] or None,
                                           epochs=job["epochs"], eval_limit=0, partial_labels=True)
-    train(train_records, taxonomy, config["model"], settings, job["out_dir"], name=job["name"],
-          version=job["version"], init_adapter=job["champion_path"], instructions=INSTRUCTIONS,
-          progress=False, tensorboard=False)
+    # The whole recipe, so the challenger carries its own lexical expert and calibration, fitted on this
+    # run's training records only (the held-out test slice never reaches them).
+    train_adapter(train_records, taxonomy, config["model"], settings, job["out_dir"],
+                  decoding=DecodingSettings.from_mapping(config["decoding"]), name=job["name"],
+                  version=job["version"], init_adapter=job["champion_path"], instructions=INSTRUCTIONS,
+                  progress=False, tensorboard=False)
     out = {}
     for who, adapter in (("champion", job["champion_path"]), ("challenger", job["out_dir"])):
         triager = Triager.from_config(config, adapter=adapter) if adapter else Triager.from_config(config)
         metrics, _ = evaluate(triager, test_records)
         out[who] = metrics["model"]
         del triager
+    # What the child actually ran with, for the run record (and to check the settings took effect).
+    out["child"] = {"threads": torch.get_num_threads(), "nice": os.nice(0) if hasattr(os, "nice") else None}
     Path(result_path).write_text(json.dumps(out), encoding="utf-8")
 
 
@@ -405,7 +413,9 @@ class Retrainer:
                "version": version, "max_steps": s.max_steps, "epochs": s.epochs, "threads": s.threads,
                "nice": s.nice}
         self.stage("train")
-        metrics = {who: _compact(m) for who, m in train_and_evaluate(self.config, job, timeout).items()}
+        results = train_and_evaluate(self.config, job, timeout)
+        counts["child"] = results.pop("child", None)
+        metrics = {who: _compact(m) for who, m in results.items()}
         self.stage("decide")
         promote, why = decide(metrics["champion"], metrics["challenger"], s.margin)
         info = self.registry.register(name, version, str(self.config["model"]["base"]), job["out_dir"],

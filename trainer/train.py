@@ -5,6 +5,14 @@ segments, each tokenized on its own. Loss falls on the answer tokens only. Most 
 instructions instead of the explicit schema prompt (the seed's "implicit training"; cheaper, and it teaches the
 task rather than one wording); `explicit_fraction` of them use the explicit prompt that inference uses.
 
+Enum fields are trained the way they are decoded, among their allowed values only: the allowed values' tokens
+form a trie, and at each point of the gold value where the trie branches the loss is cross-entropy over the
+branches (the tokens that continue some allowed value, or close it), logit-adjusted by the prior mass of each
+branch (Menon et al., 2021) so the majority label cannot win by frequency alone. That is teacher-forced
+cross-entropy over the allowed values under the trie's factorisation, and costs no extra tokens: the logits at
+the gold path are the ones token-level training computes anyway. Text fields (the summary) keep the
+token-level loss.
+
 Speed on CPU comes from: LoRA on the upper layers only (autograd then stops there: no backward pass through the
 lower layers), batches grouped by length (little padding), and bf16 autocast over bf16 base weights.
 """
@@ -18,7 +26,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -47,8 +55,9 @@ class TrainSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     upper_layers: int = 12
-    learning_rate: float = 3e-4
-    epochs: float = 1.0
+    # 0 = chosen from the number of records and labels (`budget`).
+    learning_rate: float = 0.0
+    epochs: float = 0.0
     max_steps: int = 0
     max_length: int = 320
     batch_size: int = 8
@@ -61,7 +70,11 @@ class TrainSettings:
     eval_limit: int = 200
     # Train on records that label only some fields (closed tickets rarely carry a summary): the missing fields
     # get a placeholder in the answer and no loss.
-    partial_labels: bool = False
+    partial_labels: bool = True
+    # Enum fields: cross-entropy over the allowed values (False: token-level loss on the value's tokens).
+    restricted_loss: bool = True
+    # Logit adjustment of the restricted loss: tau * log prior(value) added to each value's score.
+    prior_tau: float = 1.0
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "TrainSettings":
@@ -74,9 +87,20 @@ class TrainSettings:
 
 
 @dataclass
+class Choice:
+    """One branching point of an enum value: the logits at `position` choose among `tokens` (gold: `gold`)."""
+
+    position: int  # index in input_ids whose next-token logits make this choice
+    tokens: list[int]
+    offsets: list[float]  # prior_tau * log(prior mass of each branch within this point's mass)
+    gold: int
+
+
+@dataclass
 class Example:
     input_ids: list[int]
     labels: list[int]
+    choices: list[Choice] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +127,7 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
     """Token ids and loss labels for each complete record; records missing a field are skipped (counted), or with
     `settings.partial_labels` trained with the missing fields masked out of the loss."""
     rng = random.Random(settings.seed)
+    priors = label_priors(records, taxonomy)
     explicit = PromptCodec(tokenizer, taxonomy)
     rotated = [PromptCodec(tokenizer, taxonomy, system=s) for s in instructions]
     examples, skipped = [], 0
@@ -114,7 +139,7 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
             skipped += 1
             continue
         codec = explicit if not rotated or rng.random() < settings.explicit_fraction else rng.choice(rotated)
-        answer, target = _answer(explicit, taxonomy, labels, missing)
+        answer, target, starts = _answer(explicit, taxonomy, labels, missing)
         # max_length bounds what follows the system prompt, so the long explicit prompt never squeezes the ticket.
         room = settings.max_length - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
         ticket = codec.encode_ticket(record["text"], max(0, room)).ids
@@ -122,28 +147,91 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
             skipped += 1
             continue
         prompt = list(codec.prefix_ids) + codec.user_ids(ticket)
-        examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + target))
+        choices = []
+        if settings.restricted_loss:
+            for f in taxonomy.enum_fields:
+                if f.name not in missing:
+                    choices += _branches(explicit, f, labels, len(prompt) + starts[f.name],
+                                         priors.get(f.name, {}), settings.prior_tau)
+            enum_names = {f.name for f in taxonomy.enum_fields}
+            owners = _owners(explicit, taxonomy, labels, missing)
+            target = [IGNORE if owner in enum_names else t for t, owner in zip(target, owners)]
+        examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + target, choices))
     return examples, skipped
 
 
-def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]
-            ) -> tuple[list[int], list[int]]:
-    """Answer token ids and their loss targets; a missing field gets a placeholder value and IGNORE targets."""
-    if not missing:
-        ids = codec.encode_answer(labels)
-        return ids, list(ids)
-    filled = dict(labels)
+def label_priors(records: Sequence[Record], taxonomy: Taxonomy) -> dict[str, dict[str, float]]:
+    """Each enum field's share of every value in the training records (add-one smoothed)."""
+    out: dict[str, dict[str, float]] = {}
+    for f in taxonomy.enum_fields:
+        counts = {v: 1.0 for v in f.values}
+        for r in records:
+            v = r.get("labels", {}).get(f.name)
+            if v in counts:
+                counts[v] += 1.0
+        total = sum(counts.values())
+        out[f.name] = {v: c / total for v, c in counts.items()}
+    return out
+
+
+def _branches(codec: PromptCodec, f: Any, labels: Mapping[str, str], start: int, prior: Mapping[str, float],
+              tau: float) -> list[Choice]:
+    """The branching points along the gold value's tokens in the trie of the allowed values (each value's
+    tokens plus the token that closes it, so a value that is a prefix of another is still a choice)."""
+    from triage_core.prompt import json_string_body
+
+    index = codec.taxonomy.field_names.index(f.name)
+    close = codec.encode(codec.punctuation(index + 1))[0]
+    allowed = f.allowed(labels)
+    seqs = {v: codec.encode(json_string_body(v)) + [close] for v in allowed}
+    gold = seqs[labels[f.name]]
+    mass = {v: prior.get(v, 1.0 / len(allowed)) for v in allowed}
+    out = []
+    alive = list(allowed)
+    for j, tok in enumerate(gold):
+        branch: dict[int, float] = {}
+        for v in alive:
+            branch[seqs[v][j]] = branch.get(seqs[v][j], 0.0) + mass[v]
+        if len(branch) > 1:
+            total = sum(branch.values())
+            tokens = list(branch)
+            out.append(Choice(position=start + j - 1, tokens=tokens,
+                              offsets=[tau * math.log(branch[t] / total) for t in tokens], gold=tokens.index(tok)))
+        alive = [v for v in alive if len(seqs[v]) > j + 1 and seqs[v][j] == tok]
+    return out
+
+
+def _owners(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]) -> list[str | None]:
+    """For each answer token, the field whose value it belongs to (None for punctuation)."""
+    owners: list[str | None] = []
+    for name, text in codec.answer_segments(_filled(taxonomy, labels, missing)):
+        owners += [name] * len(codec.encode(text))
+    return owners
+
+
+def _filled(taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]) -> dict[str, str]:
+    """The labels with a placeholder for each missing field (the first allowed value, or empty text)."""
+    filled = {k: v for k, v in labels.items() if k in taxonomy}
     for f in taxonomy.fields:
         if f.name in missing:
-            filled[f.name] = "" if not f.is_enum else (
-                f.children.get(filled.get(f.parent), f.values) if f.parent else f.values)[0]
+            filled[f.name] = "" if not f.is_enum else f.allowed(filled)[0] if f.parent is None or \
+                filled.get(f.parent) in f.children else f.values[0]
+    return filled
+
+
+def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]
+            ) -> tuple[list[int], list[int], dict[str, int]]:
+    """Answer token ids, their loss targets (IGNORE for a missing field's placeholder) and where each value starts."""
     ids: list[int] = []
     target: list[int] = []
-    for name, text in codec.answer_segments(filled):
+    starts: dict[str, int] = {}
+    for name, text in codec.answer_segments(_filled(taxonomy, labels, missing)):
         piece = codec.encode(text)
+        if name is not None:
+            starts[name] = len(ids)
         ids += piece
         target += [IGNORE] * len(piece) if name in missing else piece
-    return ids, target
+    return ids, target, starts
 
 
 def length_grouped_batches(examples: Sequence[Example], batch_size: int, seed: int) -> list[list[int]]:
@@ -170,22 +258,41 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         ids[r, :n] = torch.tensor(e.input_ids)
         labels[r, :n] = torch.tensor(e.labels)
         mask[r, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    choices = [(r, c) for r, e in enumerate(examples) for c in e.choices]
+    if choices:
+        k = max(len(c.tokens) for _, c in choices)
+        tokens = torch.zeros((len(choices), k), dtype=torch.long)
+        offsets = torch.full((len(choices), k), float("-inf"))
+        for i, (_, c) in enumerate(choices):
+            tokens[i, : len(c.tokens)] = torch.tensor(c.tokens)
+            offsets[i, : len(c.tokens)] = torch.tensor(c.offsets)
+        batch.update(choice_row=torch.tensor([r for r, _ in choices]),
+                     choice_pos=torch.tensor([c.position for _, c in choices]), choice_tokens=tokens,
+                     choice_offsets=offsets, choice_gold=torch.tensor([c.gold for _, c in choices]))
+    return batch
 
 
 def answer_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens only.
+    """Token-level cross-entropy over the answer tokens that carry targets, plus the restricted loss at the enum
+    values' branching points (cross-entropy over the allowed branches, logit-adjusted), averaged together.
 
-    The vocabulary projection is applied to the positions that predict an answer token and nowhere else: the
-    prompt makes up most of each example, and projecting it onto 49k logits would cost a fifth of the model's
-    compute and gigabytes of activations for nothing.
+    The vocabulary projection is applied only where a target is predicted: the prompt makes up most of each
+    example, and projecting it onto 49k logits would cost a fifth of the model's compute for nothing.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
-    logits = base.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    losses = []
+    if bool(keep.any()):
+        logits = base.lm_head(hidden[:, :-1][keep]).float()
+        losses.append(torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none"))
+    if "choice_row" in batch:
+        logits = base.lm_head(hidden[batch["choice_row"], batch["choice_pos"]]).float()
+        scores = logits.gather(1, batch["choice_tokens"]) + batch["choice_offsets"]
+        losses.append(torch.nn.functional.cross_entropy(scores, batch["choice_gold"], reduction="none"))
+    return torch.cat(losses).mean()
 
 
 def prepare_model(model_cfg: Mapping[str, Any], settings: TrainSettings, init_adapter: str | Path | None = None,
@@ -216,6 +323,19 @@ def prepare_model(model_cfg: Mapping[str, Any], settings: TrainSettings, init_ad
     return loaded
 
 
+def budget(settings: TrainSettings, examples: int) -> TrainSettings:
+    """Fill in epochs and learning rate left at 0 from the number of examples.
+
+    Measured on the bootstrap path (bench/accuracy.py, 2 CPU cores): a fresh adapter needs about 1,000
+    examples seen to learn a team's labels, and at such short budgets a high rate (2e-3) beats the usual 3e-4 by
+    a wide margin; more data gets fewer passes, so 1,500 tickets still train within minutes.
+    """
+    epochs = settings.epochs or min(4.0, max(0.5, 1000 / max(1, examples)))
+    seen = epochs * examples
+    lr = settings.learning_rate or (2e-3 if seen <= 2400 else 1e-3)
+    return replace(settings, epochs=round(epochs, 3), learning_rate=lr)
+
+
 def _checkpoints(out_dir: Path) -> list[Path]:
     ck = out_dir / "checkpoints"
     if not ck.is_dir():
@@ -242,6 +362,7 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
     if not examples:
         raise TrainingError(f"no usable training records ({skipped} skipped: missing fields or labels outside "
                             "the taxonomy)")
+    settings = budget(settings, len(examples))
     batches = length_grouped_batches(examples, settings.batch_size, settings.seed)
     per_epoch = math.ceil(len(batches) / settings.grad_accum)
     total_steps = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))

@@ -73,19 +73,24 @@ def _taxonomy(ctx: click.Context, path: Path | None):
 @click.option("--rank", type=int)
 @click.option("--max-length", type=int)
 @click.option("--seed", type=int)
+@click.option("--lexical/--no-lexical", default=True, show_default=True,
+              help="Fit the lexical expert (TF-IDF + linear model) and the calibrated pooling with the adapter.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
                   name: str | None, version: str | None, init_adapter: Path | None, resume: bool,
                   qlora: bool | None, max_steps: int | None, epochs: float | None, batch_size: int | None,
                   learning_rate: float | None, rank: int | None, max_length: int | None, seed: int | None,
-                  as_json: bool) -> None:
+                  lexical: bool, as_json: bool) -> None:
     """Fine-tune a LoRA (or QLoRA) adapter on labelled records."""
-    from triage_core.model import ModelError
+    from triage_core.model import ModelError, read_adapter_meta
 
     from .records import RecordError, read_records
     from .synthetic import INSTRUCTIONS
-    from .train import TrainingError, TrainSettings, train, write_meta
+    from triage_core.triager import DecodingSettings
+
+    from .recipe import train_adapter
+    from .train import TrainingError, TrainSettings, write_meta
 
     config = get_config(ctx)
     taxonomy = _taxonomy(ctx, taxonomy_path)
@@ -102,11 +107,14 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
     if settings.max_steps < 0 or settings.batch_size < 1:
         fail("--max-steps must be >= 0 and --batch-size >= 1")
     try:
-        result = train(records, taxonomy, config["model"], settings, out_dir, name=name, version=version,
-                       init_adapter=init_adapter, resume=resume, instructions=INSTRUCTIONS)
+        recipe = train_adapter(records, taxonomy, config["model"], settings, out_dir,
+                               decoding=DecodingSettings.from_mapping(config["decoding"]), lexical=lexical,
+                               name=name, version=version, init_adapter=init_adapter, resume=resume,
+                               instructions=INSTRUCTIONS)
     except (TrainingError, ModelError) as exc:
         fail(str(exc))
-    meta = result.meta
+    result = recipe.train
+    meta = read_adapter_meta(out_dir)
     if val_records and settings.eval_limit:
         from triage_core.triager import DecodingSettings, Triager
 
@@ -125,7 +133,8 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
     summary = {"adapter": str(out_dir), "steps": result.steps, "examples": result.examples,
                "skipped": result.skipped, "seconds": round(result.seconds, 1),
                "tokens_per_second": meta["training"]["tokens_per_second"], "final_loss": round(result.final_loss, 4),
-               "metrics": meta.get("metrics", {})}
+               "calibration_records": len(recipe.calibration_ids),
+               "suggested_thresholds": meta.get("suggested_thresholds", {}), "metrics": meta.get("metrics", {})}
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
     else:
@@ -158,7 +167,7 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
     from triage_core.model import ModelError
     from triage_core.triager import Triager
 
-    from .evaluate import evaluate, evaluated_fields, summary_table, write_report
+    from .evaluate import evaluate, evaluated_fields, policy_snippet, summary_table, write_report
     from .records import RecordError, read_records
 
     config = get_config(ctx)
@@ -195,5 +204,6 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
         click.echo(f"{m['n']} tickets, validity {m.get('validity_pct')}%, latency p50 "
                    f"{m.get('latency_ms', {}).get('p50')} ms, {m.get('tickets_per_second')} tickets/s")
         click.echo(summary_table(metrics))
+        click.echo("\nTo auto-apply only what was 95% right on these tickets:\n" + policy_snippet(metrics))
         if report_dir:
             click.echo(f"report written to {report_dir}")

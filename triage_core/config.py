@@ -90,8 +90,9 @@ DEFAULTS: dict[str, Any] = {
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         # LoRA on the top N transformer layers only (0 = all): no backward pass through the layers below.
         "upper_layers": 12,
-        "learning_rate": 0.0003,
-        "epochs": 1.0,
+        # 0: chosen from the number of training records (trainer.train.budget).
+        "learning_rate": 0.0,
+        "epochs": 0.0,
         "max_steps": 0,
         "max_length": 320,
         "batch_size": 8,
@@ -104,8 +105,12 @@ DEFAULTS: dict[str, Any] = {
         "explicit_fraction": 0.2,
         "save_every": 100,
         "eval_limit": 200,
-        # Train on records labelling only some fields (missing ones get no loss); retraining always does.
-        "partial_labels": False,
+        # Train on records labelling only some fields (missing ones get no loss): closed tickets rarely carry
+        # every field. false skips records that miss one.
+        "partial_labels": True,
+        # Enum fields: cross-entropy over the allowed values, logit-adjusted by prior_tau * log prior.
+        "restricted_loss": True,
+        "prior_tau": 1.0,
     },
     "retrain": {
         # Nightly retraining inside the daemon (APScheduler cron, the daemon's local time zone).
@@ -291,7 +296,7 @@ def _check_values(data: Mapping[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: train.{key}: must be at least 1")
     if not 0.0 <= train["explicit_fraction"] <= 1.0 or not 0.0 <= train["dropout"] < 1.0:
         raise ConfigError(f"{source}: train.explicit_fraction and train.dropout must lie in [0, 1]")
-    if train["learning_rate"] <= 0 or train["epochs"] <= 0:
-        raise ConfigError(f"{source}: train.learning_rate and train.epochs must be positive")
+    if train["learning_rate"] < 0 or train["epochs"] < 0:
+        raise ConfigError(f"{source}: train.learning_rate and train.epochs must be positive (or 0: from the data)")
     if not isinstance(data["taxonomy"], str) or not data["taxonomy"]:
         raise ConfigError(f"{source}: taxonomy: expected a file path")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -29,6 +29,14 @@ class DecodedFields:
 
     values: dict[str, str] = field(default_factory=dict)
     distributions: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The LM's own distribution per enum field, before a chooser pooled it with other evidence.
+    lm_distributions: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+#: (field, row in the batch, the LM's distribution over the allowed values, values chosen so far)
+#: -> (the distribution to report, the value to choose). Lets the Triager pool other evidence into each choice
+#: before it is fed to the model, so a dependent field is scored under the pooled parent value.
+Chooser = Callable[[Field, int, Mapping[str, float], Mapping[str, str]], tuple[dict[str, float], str]]
 
 
 @dataclass
@@ -67,8 +75,11 @@ class SchemaDecoder:
     # --- public ------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode(self, tickets: Sequence[Sequence[int]]) -> list[DecodedFields]:
-        """Decode a batch of encoded tickets (their own token ids, already truncated)."""
+    def decode(self, tickets: Sequence[Sequence[int]], chooser: Chooser | None = None) -> list[DecodedFields]:
+        """Decode a batch of encoded tickets (their own token ids, already truncated).
+
+        Without a `chooser` each enum field takes the LM's most likely allowed value.
+        """
         if not tickets:
             return []
         rows = self._start(len(tickets))
@@ -78,7 +89,7 @@ class SchemaDecoder:
         for i, f in enumerate(self.taxonomy.fields):
             after = self._punct[i + 1]
             if f.is_enum:
-                self._choose(rows, f, out, pending, close_id=after[0])
+                self._choose(rows, f, out, pending, close_id=after[0], chooser=chooser)
                 pending = [self._values[f.name][d.values[f.name]] + after for d in out]
             else:
                 self._feed(rows, pending)
@@ -149,7 +160,7 @@ class SchemaDecoder:
         return ids.to(self.device), valid.to(self.device)
 
     def _choose(self, rows: _Rows, f: Field, out: list[DecodedFields], lead: list[list[int]],
-                close_id: int) -> None:
+                close_id: int, chooser: Chooser | None = None) -> None:
         """Feed each row's `lead` and score all allowed values of `f` in the same pass, as a tree.
 
         Per row the pass holds [lead, padded][value 1 + close][value 2 + close]...: each candidate sees the
@@ -209,8 +220,12 @@ class SchemaDecoder:
             top = max(scores)
             weights = [math.exp(s - top) for s in scores]
             norm = sum(weights)
-            d.distributions[f.name] = {v: wgt / norm for v, wgt in zip(names, weights)}
-            d.values[f.name] = names[max(range(len(scores)), key=scores.__getitem__)]
+            lm = {v: wgt / norm for v, wgt in zip(names, weights)}
+            d.lm_distributions[f.name] = lm
+            if chooser is None:
+                d.distributions[f.name], d.values[f.name] = lm, names[max(range(len(scores)), key=scores.__getitem__)]
+            else:
+                d.distributions[f.name], d.values[f.name] = chooser(f, r, lm, d.values)
         # Keep the lead in the cache, drop the candidates.
         keep = rows.mask.shape[1] - cand_w
         rows.cache.crop(-cand_w)  # transformers 5: a negative count removes that many positions

@@ -43,6 +43,8 @@ class LoadedModel:
     adapter_name: str | None = None
     adapter_meta: dict[str, Any] = field(default_factory=dict)
     quantized: bool = False
+    #: The adapter folder, where the recipe's other pieces (lexical expert, combination) live beside the weights.
+    adapter_dir: str | None = None
 
     @property
     def device(self):
@@ -192,4 +194,5 @@ def load_model(model_cfg: dict[str, Any], adapter: str | os.PathLike | None = No
     if not trainable:
         model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, base_name=display,
-                       adapter_name=adapter_name, adapter_meta=meta, quantized=quantized)
+                       adapter_name=adapter_name, adapter_meta=meta, quantized=quantized,
+                       adapter_dir=str(adapter) if adapter else None)

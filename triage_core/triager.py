@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .combine import VIEWS, Combination, FieldParams, pool
 from .config import Config, load_config
 from .decoding import DecodedFields, SchemaDecoder
-from .model import LoadedModel, load_model
+from .lexical import ExpertError, LexicalExpert
+from .model import LoadedModel, ModelError, load_model
 from .prompt import PromptCodec
 from .schema import SchemaViolation, validate_ticket
 from .taxonomy import Taxonomy, load_taxonomy
@@ -36,6 +38,9 @@ class TriageResult:
     latency_ms: int
     distributions: dict[str, dict[str, float]] = field(default_factory=dict)
     truncated: bool = False
+    #: What each single source would have chosen ("lm", "lexical"), for evaluation side by side.
+    views: dict[str, dict[str, str]] = field(default_factory=dict)
+    view_confidence: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self, distributions: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,19 +69,34 @@ class DecodingSettings:
 
 
 class Triager:
-    """Thread-safe: calls are serialised, since one model instance uses all the threads it is given."""
+    """Thread-safe: calls are serialised, since one model instance uses all the threads it is given.
 
-    def __init__(self, loaded: LoadedModel, taxonomy: Taxonomy, settings: DecodingSettings | None = None):
+    Where the adapter folder carries a lexical expert and combination parameters, each enum field is chosen
+    from their pooled, calibrated distribution (triage_core.combine); otherwise from the LM's alone. `use_expert`
+    False forces the LM alone (how the recipe scores its held-out tickets before fitting the pooling).
+    """
+
+    def __init__(self, loaded: LoadedModel, taxonomy: Taxonomy, settings: DecodingSettings | None = None,
+                 use_expert: bool = True):
         self.loaded = loaded
         self.taxonomy = taxonomy
         self.settings = settings or DecodingSettings()
         self.codec = PromptCodec(loaded.tokenizer, taxonomy)
         self.decoder = SchemaDecoder(loaded.model, self.codec, summary_max_tokens=self.settings.summary_max_tokens,
                                      lookup_tokens=self.settings.lookup_tokens)
+        self.expert: LexicalExpert | None = None
+        self.combination = Combination()
+        if loaded.adapter_dir and use_expert:
+            try:
+                self.expert = LexicalExpert.load(loaded.adapter_dir, taxonomy.label_hash)
+                self.combination = Combination.load(loaded.adapter_dir) or Combination()
+            except (ExpertError, ValueError) as exc:
+                raise ModelError(f"model.adapter: {exc}") from None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: Config | None = None, adapter: str | os.PathLike | None = None) -> "Triager":
+    def from_config(cls, config: Config | None = None, adapter: str | os.PathLike | None = None,
+                    use_expert: bool = True) -> "Triager":
         """Load taxonomy, base model and adapter as `config` says (the defaults when None)."""
         config = config or load_config()
         taxonomy = load_taxonomy(config.taxonomy_path)
@@ -85,7 +105,7 @@ class Triager:
         # relative to the config's folder.
         adapter_path = adapter if adapter is not None else config.path(model_cfg.get("adapter"))
         loaded = load_model(model_cfg, adapter=adapter_path, taxonomy_hash=taxonomy.label_hash)
-        return cls(loaded, taxonomy, DecodingSettings.from_mapping(config["decoding"]))
+        return cls(loaded, taxonomy, DecodingSettings.from_mapping(config["decoding"]), use_expert=use_expert)
 
     @property
     def model_info(self) -> dict[str, str | None]:
@@ -115,18 +135,50 @@ class Triager:
             for start in range(0, len(order), size):
                 chunk = order[start : start + size]
                 t0 = time.perf_counter()
-                decoded = self.decoder.decode([encoded[i].ids for i in chunk])
-                elapsed = int(round((time.perf_counter() - t0) * 1000))
-                for i, d in zip(chunk, decoded):
-                    results[i] = self._result(d, elapsed, encoded[i].truncated)
+                lexical = self.expert.predict([texts[i] for i in chunk]) if self.expert else [{} for _ in chunk]
+                decoded = self.decoder.decode([encoded[i].ids for i in chunk], chooser=self._chooser(lexical))
+                # Each ticket's share of its batch's time, not the whole batch's.
+                share = int(round((time.perf_counter() - t0) * 1000 / len(chunk)))
+                for i, d, lex in zip(chunk, decoded, lexical):
+                    results[i] = self._result(d, lex, share, encoded[i].truncated)
         return results  # type: ignore[return-value]
 
-    def _result(self, decoded: DecodedFields, latency_ms: int, truncated: bool) -> TriageResult:
+    def _params(self, view: str, name: str) -> FieldParams:
+        return self.combination.params(view, name)
+
+    def _chooser(self, lexical: list[dict[str, dict[str, float]]]):
+        """Pool each field's LM distribution with the expert's (the "combined" view), or calibrate the LM's."""
+        view = "combined" if self.expert else "lm"
+        priors = self.combination.priors
+
+        def choose(f, row, lm, chosen):
+            return pool(self._params(view, f.name), f.allowed(chosen), lm, lexical[row].get(f.name),
+                        priors.get(f.name))
+        return choose
+
+    def _views(self, decoded: DecodedFields, lexical: dict[str, dict[str, float]]
+               ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, float]]]:
+        """What the LM alone and the expert alone choose, each field among the values allowed by the result."""
+        views: dict[str, dict[str, str]] = {}
+        conf: dict[str, dict[str, float]] = {}
+        for view in VIEWS[:2] if self.expert else ():
+            views[view], conf[view] = {}, {}
+            for f in self.taxonomy.enum_fields:
+                allowed = f.allowed(decoded.values)
+                dist, value = pool(self._params(view, f.name), allowed, decoded.lm_distributions[f.name],
+                                   lexical.get(f.name), self.combination.priors.get(f.name))
+                views[view][f.name], conf[view][f.name] = value, dist[value]
+        return views, conf
+
+    def _result(self, decoded: DecodedFields, lexical: dict[str, dict[str, float]], latency_ms: int,
+                truncated: bool) -> TriageResult:
         ticket = {name: decoded.values[name] for name in self.taxonomy.field_names}
         try:
             validate_ticket(self.taxonomy, ticket)
         except SchemaViolation as exc:
             raise TriageError(f"the decoded ticket does not validate against the taxonomy schema: {exc}") from None
         confidence = {name: decoded.distributions[name][ticket[name]] for name in decoded.distributions}
+        views, view_conf = self._views(decoded, lexical)
         return TriageResult(ticket=ticket, confidence=confidence, model=self.model_info, latency_ms=latency_ms,
-                            distributions=decoded.distributions, truncated=truncated)
+                            distributions=decoded.distributions, truncated=truncated, views=views,
+                            view_confidence=view_conf)
