@@ -62,11 +62,16 @@ def _check_input(path: Path) -> None:
 @click.option("--source", help=f"The records' source field ({', '.join(SOURCES)}; default: csv or jsonl).")
 @click.option("--taxonomy", "taxonomy_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Taxonomy to check labels against (default: the configured one).")
+@click.option("--test-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Hold out a test file here (near-duplicates stay on one side); --out keeps the rest.")
+@click.option("--test-share", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Share of the records held out with --test-out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple[str, ...], map_file: Path | None,
                    label_maps: tuple[str, ...], label_map_file: Path | None, drop_rows: bool,
-                   encoding: str | None, source: str | None, taxonomy_path: Path | None, as_json: bool) -> None:
+                   encoding: str | None, source: str | None, taxonomy_path: Path | None, test_out: Path | None,
+                   test_share: float, as_json: bool) -> None:
     """Import closed tickets (CSV or JSONL export) as labelled-ticket records, checked against the taxonomy.
 
     Labels outside the taxonomy are reported and dropped (or mapped with --label-map); duplicates and rows
@@ -108,17 +113,36 @@ def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple
     except ImportDataError as exc:
         fail(str(exc))
     report = imp.report
+    held = _hold_out(out, test_out, test_share) if test_out is not None and out is not None and report.written \
+        else None
     if as_json:
         data = report.to_dict()
         data["out"] = str(out) if out else None
+        data["test_out"] = {"path": str(test_out), "records": held} if held is not None else None
         click.echo(json.dumps(data, ensure_ascii=False))
     else:
         click.echo(report.format_text())
         click.echo(f"records written to {out}" if out else "dry run: no --out, nothing written")
+        if held is not None:
+            click.echo(f"{held} records held out in {test_out} (train on {out}, evaluate on {test_out})")
     if report.written == 0:
         if out is not None:
             out.unlink(missing_ok=True)
         fail("no records left after import (see the report)", code=1)
+
+
+def _hold_out(out: Path, test_out: Path, share: float) -> int:
+    """Move a seeded, near-duplicate-aware share of `out` into `test_out`; returns how many records moved."""
+    from .records import read_records, write_records
+    from .splits import split_records
+
+    if test_out.resolve() == out.resolve():
+        fail("--test-out must differ from --out")
+    records = read_records(out)
+    train, _, test = split_records(records, ratios=(1.0 - share, 0.0, share))
+    write_records(out, train)
+    write_records(test_out, test)
+    return len(test)
 
 
 @click.command("infer")

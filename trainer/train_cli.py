@@ -75,13 +75,16 @@ def _taxonomy(ctx: click.Context, path: Path | None):
 @click.option("--seed", type=int)
 @click.option("--lexical/--no-lexical", default=True, show_default=True,
               help="Fit the lexical expert (TF-IDF + linear model) and the calibrated pooling with the adapter.")
+@click.option("--pool-only", is_flag=True,
+              help="Keep the adapter in --out as it is (its LM trained on --data) and fit only the lexical expert "
+                   "and the pooling, calibrated on --val: how an adapter from before the recipe gains them.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
                   name: str | None, version: str | None, init_adapter: Path | None, resume: bool,
                   qlora: bool | None, max_steps: int | None, epochs: float | None, batch_size: int | None,
                   learning_rate: float | None, rank: int | None, max_length: int | None, seed: int | None,
-                  lexical: bool, as_json: bool) -> None:
+                  lexical: bool, pool_only: bool, as_json: bool) -> None:
     """Fine-tune a LoRA (or QLoRA) adapter on labelled records."""
     from triage_core.model import ModelError, read_adapter_meta
 
@@ -106,6 +109,9 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
                                           max_length=max_length, seed=seed)
     if settings.max_steps < 0 or settings.batch_size < 1:
         fail("--max-steps must be >= 0 and --batch-size >= 1")
+    if pool_only:
+        _pool_only(config, taxonomy, out_dir, records, val_records, as_json)
+        return
     try:
         recipe = train_adapter(records, taxonomy, config["model"], settings, out_dir,
                                decoding=DecodingSettings.from_mapping(config["decoding"]), lexical=lexical,
@@ -142,6 +148,27 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
                    f"({result.skipped} skipped) in {result.seconds:.0f} s, final loss {result.final_loss:.3f}")
         if meta.get("metrics"):
             click.echo(f"validation: {json.dumps(meta['metrics']['val'], ensure_ascii=False)}")
+
+
+def _pool_only(config: Any, taxonomy: Any, out_dir: Path, records: list, val_records: list, as_json: bool) -> None:
+    from triage_core.model import ModelError, check_adapter
+    from triage_core.triager import DecodingSettings
+
+    from .recipe import fit_pooling
+
+    if not val_records:
+        fail("--pool-only needs --val: held-out records to calibrate the pooling on")
+    try:
+        check_adapter(out_dir, taxonomy.label_hash)
+        recipe = fit_pooling(out_dir, taxonomy, config["model"], records, val_records, records + val_records,
+                             decoding=DecodingSettings.from_mapping(config["decoding"]))
+    except ModelError as exc:
+        fail(str(exc))
+    thresholds = {f: t.get("p95") for f, t in recipe.combination.thresholds.items()}
+    if as_json:
+        click.echo(json.dumps({"adapter": str(out_dir), "suggested_thresholds": thresholds}))
+    else:
+        click.echo(f"lexical expert and pooling written to {out_dir}; thresholds for 95% precision: {thresholds}")
 
 
 @click.command("eval")
