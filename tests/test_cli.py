@@ -31,7 +31,17 @@ def test_triage_text_json():
     assert code == 0, err
     data = json.loads(out)
     assert set(data) == {"ticket", "confidence", "model", "latency_ms"}
-    assert data["ticket"]["request_type"] in ("Incident", "Service Request")
+    from triage_core import load_config, load_taxonomy, validate_ticket
+
+    config = load_config(env={})
+    taxonomy = load_taxonomy(config.taxonomy_path)
+    validate_ticket(taxonomy, data["ticket"])  # the whole ticket, against the taxonomy's JSON Schema
+    assert set(data["ticket"]) == set(taxonomy.field_names) and data["ticket"]["summary"].strip()
+    assert set(data["confidence"]) == {f.name for f in taxonomy.enum_fields}
+    assert all(0.0 < p <= 1.0 for p in data["confidence"].values())
+    shipped = json.loads((config.path(config["model"]["adapter"]) / "triage_adapter.json").read_text())
+    assert data["model"] == {"base": "SmolLM2-135M-Instruct", "adapter": f"{shipped['name']}@{shipped['version']}"}
+    assert isinstance(data["latency_ms"], int) and data["latency_ms"] > 0
 
 
 @pytest.mark.slow

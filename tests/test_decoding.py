@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from triage_core import Triager, load_config, load_taxonomy, parse_taxonomy
+from triage_core.decoding import clip_text
 
 
 pytestmark = pytest.mark.slow  # a float32 copy of the real model
@@ -73,15 +74,51 @@ def test_batched_decoding_matches_one_by_one(fp32_triager):
                 assert b.distributions[field][value] == pytest.approx(p, abs=2e-3)
 
 
-def test_summary_generation_is_greedy(fp32_triager):
-    """Prompt-lookup drafting only speeds up the summary: it equals plain greedy decoding."""
-    text = "Cannot open the finance share \\\\fs01\\finance since the password change this morning."
-    with_lookup = fp32_triager.triage(text).ticket["summary"]
-    decoder = fp32_triager.decoder
-    saved = decoder.lookup_tokens
-    decoder.lookup_tokens = 0
-    try:
-        plain = fp32_triager.triage(text).ticket["summary"]
-    finally:
-        decoder.lookup_tokens = saved
-    assert with_lookup == plain
+def reference_greedy_summary(triager, text, ticket):
+    """Plain greedy decoding of the summary, written independently of the decoder: one sequence, one token per
+    forward pass on the model's own KV cache (no drafts, no batching, no masking tricks), the arg-max among the tokens that may
+    stand inside a JSON string (no quote, backslash or control character, no special token) or the closing
+    token, which is not allowed before the first visible character; at most summary_max_tokens tokens."""
+    codec, tax, tok = triager.codec, triager.taxonomy, triager.loaded.tokenizer
+    index = tax.field_names.index("summary")
+    ids = list(codec.prefix_ids) + codec.user_ids(codec.encode_ticket(text, triager.settings.max_ticket_tokens).ids)
+    for i, name in enumerate(tax.field_names[:index]):
+        ids += codec.encode(codec.punctuation(i)) + codec.encode(ticket[name])
+    ids += codec.encode(codec.punctuation(index))
+    close = codec.encode(codec.punctuation(index + 1))[0]
+    special = set(tok.all_special_ids)
+    vocab = triager.loaded.model.get_output_embeddings().weight.shape[0]
+    allowed = torch.zeros(vocab, dtype=torch.bool)
+    visible = torch.zeros(vocab, dtype=torch.bool)
+    for i in range(min(vocab, len(tok))):
+        piece = tok.decode([i])
+        if i not in special and piece and not any(c in '"\\' or ord(c) < 32 or c in "\u2028\u2029" for c in piece):
+            allowed[i] = True
+            visible[i] = bool(piece.strip()) and piece.strip() != "\ufffd"
+    generated: list[int] = []
+    seen_text = False
+    model = triager.loaded.model
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids]), use_cache=True)
+    for _ in range(triager.settings.summary_max_tokens):
+        logits = out.logits[0, -1].float()
+        scores = logits.masked_fill(~allowed, float("-inf"))
+        scores[close] = logits[close] if seen_text else float("-inf")
+        nxt = int(scores.argmax())
+        if nxt == close:
+            break
+        generated.append(nxt)
+        seen_text = seen_text or bool(visible[nxt])
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([[nxt]]), cache=out.cache, use_cache=True)
+    return clip_text(tok.decode(generated, skip_special_tokens=True), tax["summary"].max_length)
+
+
+@pytest.mark.parametrize("text", [
+    "Cannot open the finance share \\\\fs01\\finance since the password change this morning.",
+    "VPN keeps disconnecting every 5 minutes for the whole sales team, client demo at 3pm!!",
+])
+def test_summary_generation_is_greedy(fp32_triager, text):
+    """Prompt-lookup drafting only speeds up the summary: it equals plain greedy decoding over the same model."""
+    result = fp32_triager.triage(text)
+    assert result.ticket["summary"] == reference_greedy_summary(fp32_triager, text, result.ticket)

@@ -159,7 +159,7 @@ def test_rare_labels_get_synthetic_top_up(taxonomy):
 
 def test_retrain_now_from_the_cli_records_a_run(tmp_path, taxonomy):
     """`ticket-triage retrain --now` as a user runs it, with too little data: it gathers, reports and keeps the
-    champion (a full CLI run that trains is in test_retrain_child.py)."""
+    champion (the training path itself is test_retrain.py, through the same Retrainer)."""
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records(taxonomy, 5, seed=2, prefix="D")))

@@ -39,8 +39,9 @@ def cfg():
 
 
 def settings(cfg, **over):
+    """Tiny-run settings; records missing a field are skipped unless a test asks for partial labels."""
     return TrainSettings.from_mapping(cfg["train"], **{"max_steps": 3, "batch_size": 2, "learning_rate": 2e-3,
-                                                       "save_every": 2, **over})
+                                                       "save_every": 2, "partial_labels": False, **over})
 
 
 def test_examples_mask_the_prompt_and_skip_bad_records(triager, cfg):
@@ -84,8 +85,17 @@ def test_tiny_lora_run_changes_the_adapter_and_writes_metadata(tmp_path, cfg, tr
     assert tuned.model_info["adapter"] == "tiny@1"
     result = tuned.triage("The VPN keeps dropping")
     validate_ticket(tuned.taxonomy, result.ticket)
-    base = triager.triage("The VPN keeps dropping")
-    assert result.distributions != base.distributions
+    # Three steps on four tickets moved probability mass toward their gold labels, compared with the base model
+    # the run started from (no adapter).
+    def gold_mass(t):
+        out = t.triage_many([r["text"] for r in RECORDS[:4]])
+        return sum(res.distributions[name][r["labels"][name]] for res, r in zip(out, RECORDS[:4])
+                   for name in ("category", "priority", "assignment_group", "request_type"))
+    base = Triager.from_config(load_config(env={}, overrides={"model": {"adapter": None}}))
+    assert base.model_info["adapter"] is None
+    before, after = gold_mass(base), gold_mass(tuned)
+    assert after > before, (before, after)
+    del base
 
     # Resume from the step-2 checkpoint to a longer run: it continues instead of starting over.
     resumed = train(RECORDS, triager.taxonomy, cfg["model"], settings(cfg, max_steps=4), out, name="tiny",
@@ -129,9 +139,28 @@ def test_eval_on_a_small_file_writes_metrics_and_pngs(tmp_path, triager):
     fields = list(metrics["model"]["fields"])
     assert fields == ["category", "subcategory", "priority", "assignment_group", "request_type"]
     assert metrics["model"]["validity_pct"] == 100.0
+    # the predictions scored are the model's, in order (same batches of two as evaluate, so bit-identical)
+    direct = [d for i in range(0, 4, 2) for d in triager.triage_many([r["text"] for r in records[i:i + 2]])]
+    assert preds.labels == [d.ticket for d in direct]
+    assert preds.confidence == [d.confidence for d in direct]
     for name in fields:
         m = metrics["model"]["fields"][name]
-        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0
+        gold = [r["labels"][name] for r in records]
+        got = [p[name] for p in preds.labels]
+        right = [g == o for g, o in zip(gold, got)]
+        assert m["accuracy"] == pytest.approx(sum(right) / len(right), abs=1e-4)
+        f1s = []  # macro-F1 by hand, over the classes in the gold labels
+        for c in sorted(set(gold)):
+            tp = sum(g == c and o == c for g, o in zip(gold, got))
+            fp = sum(g != c and o == c for g, o in zip(gold, got))
+            fn = sum(g == c and o != c for g, o in zip(gold, got))
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        assert m["macro_f1"] == pytest.approx(sum(f1s) / len(f1s), abs=1e-4)
+        conf = [d.confidence[name] for d in direct]
+        for point in m["coverage_curve"]:
+            kept = [ok for ok, p in zip(right, conf) if p >= point["threshold"]]
+            assert point["coverage"] == pytest.approx(len(kept) / len(right), abs=1e-4)
+            assert point["accuracy"] == (pytest.approx(sum(kept) / len(kept), abs=1e-4) if kept else None)
         assert m["coverage_curve"][0]["coverage"] == 1.0
         assert metrics["baseline"]["fields"][name]["accuracy"] == 1.0  # trained on the same four records
     paths = write_report(tmp_path / "report", metrics, records, preds, fields)
