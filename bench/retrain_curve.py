@@ -8,7 +8,8 @@ export into records. The file has no dates, so records are shuffled once with a 
 within the stated budget (--epochs over the slice, at most --max-steps steps of --batch tickets), the way a nightly
 run would. The baseline is trained on the same slice.
 
-    python bench/retrain_curve.py [--sizes 250,500,1000,2000] [--test-n 200] [--max-steps 250] [--epochs 2] [--lr 2e-3]
+    python bench/retrain_curve.py PATH/TO/endava_topic_group.csv [--sizes 250,500,1000,2000] [--test-n 200]
+        [--max-steps 250] [--epochs 2] [--lr 2e-3]
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "endava_topic_group.csv"
 COLUMNS = ["--map", "text=title+body", "--map", "category=topic_group", "--map", "request_type=ticket_type",
            "--label-map", "request_type:1=Service Request"]  # ticket_type is 1 on every row of this subset
 
@@ -38,7 +38,8 @@ def cli(*args: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("data", type=Path, help="the Endava export, endava_topic_group.csv (in ../shared/data beside "
+                    "the project's checkout)")
     ap.add_argument("--sizes", default="250,500,1000,2000")
     ap.add_argument("--test-n", type=int, default=200)
     ap.add_argument("--max-steps", type=int, default=250, help="per size: the time budget, in optimizer steps")
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if not args.data.is_file():
+        ap.error(f"{args.data}: file not found; give the path to endava_topic_group.csv")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
     from triage_core import Triager, load_config, load_taxonomy

@@ -72,6 +72,8 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         check_field_maps(connectors, triager.taxonomy)
     metrics = Metrics(queue.depth)
     metrics.set_model(triager.model_info)
+    if policy.shadow:
+        log.warning("shadow mode is on (policy.shadow): tickets are triaged and stored, nothing is written back")
     api_token = env.get(server["api_token_env"], "")
     if not api_token:
         log.warning("%s is not set: the /v1 API answers 503 until it is", server["api_token_env"])
@@ -184,9 +186,11 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
         if denied:
             return denied
         read_body(cache=True)
-        data = request.get_json(silent=True)
+        # The body is JSON whatever the Content-Type says (curl -d sends form-urlencoded unless told otherwise).
+        data = request.get_json(force=True, silent=True)
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-            return _error(400, 'expected a JSON object {"text": "..."}')
+            sent = request.mimetype or "no Content-Type header"
+            return _error(400, f'expected a JSON object {{"text": "..."}} (body sent as {sent})')
         try:
             result = ctx.triager.triage(ticket_text(data["text"]))
         except TextProblem as exc:

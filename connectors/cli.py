@@ -1,13 +1,14 @@
-"""`ticket-triage serve`, `db upgrade`, `jobs list|retry`, `retrain` and `models list|promote|rollback`."""
+"""`ticket-triage serve`, `db upgrade`, `jobs list|retry`, `retrain` and `models list|add|promote|rollback`."""
 from __future__ import annotations
 
 import json
 import signal
 import sys
+from pathlib import Path
 
 import click
 
-from triage_core.cli import fail, get_config
+from triage_core.cli import database_where, driver_missing, fail, get_config, open_store
 
 
 @click.command("serve")
@@ -26,8 +27,11 @@ def serve_command(ctx: click.Context, host: str | None, port: int | None, worker
 
     config = get_config(ctx)
     server = config["server"]
+    if port is not None and not 1 <= port <= 65535:
+        fail(f"--port {port}: must be between 1 and 65535")
+    store = open_store(config)
     try:
-        app = create_app(config, workers=workers)
+        app = create_app(config, workers=workers, store=store)
     except (ConfigError, ModelError, TaxonomyError, ConnectorConfigError) as exc:
         fail(str(exc))
 
@@ -36,8 +40,10 @@ def serve_command(ctx: click.Context, host: str | None, port: int | None, worker
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, shutdown)
+    model = app.extensions["triage"].triager.model_info
     click.echo(f"ticket-triage listening on http://{host or server['host']}:{port or server['port']} "
-               f"(database {config['database']['url'].split('@')[-1]})", err=True)
+               f"(database {database_where(config['database']['url'])}, model {model['base']}"
+               f" + {model.get('adapter') or 'no adapter'})", err=True)
     app.run(host=host or server["host"], port=port or server["port"], threaded=True, use_reloader=False)
     stop_workers(app)
 
@@ -56,9 +62,11 @@ def db_upgrade(ctx: click.Context) -> None:
     url = get_config(ctx)["database"]["url"]
     try:
         Store(url).upgrade()
+    except ModuleNotFoundError as exc:
+        fail(driver_missing(url, exc))
     except Exception as exc:
-        fail(f"database.url: cannot upgrade {url.split('@')[-1]}: {exc}".splitlines()[0])
-    click.echo(f"database {url.split('@')[-1]} is at the newest version")
+        fail(f"database.url: cannot upgrade {database_where(url)}: {exc}".splitlines()[0])
+    click.echo(f"database {database_where(url)} is at the newest version")
 
 
 @click.group("jobs")
@@ -68,12 +76,9 @@ def jobs_group() -> None:
 
 def _queue(ctx: click.Context):
     from triage_core.queue import JobQueue
-    from triage_core.store import Store
 
     config = get_config(ctx)
-    store = Store(config["database"]["url"])
-    store.upgrade()
-    return JobQueue.from_config(store, config["queue"])
+    return JobQueue.from_config(open_store(config), config["queue"])
 
 
 @jobs_group.command("list")
@@ -102,7 +107,15 @@ def jobs_retry(ctx: click.Context, job_ids: tuple[int, ...], all_dead: bool) -> 
     """Re-queue dead jobs (by id, or --all)."""
     if not job_ids and not all_dead:
         fail("give job ids or --all")
-    count = _queue(ctx).retry(None if all_dead else list(job_ids))
+    queue = _queue(ctx)
+    if not all_dead:
+        unknown = [str(i) for i in job_ids if queue.get(i) is None]
+        if unknown:
+            fail(f"no job with id {', '.join(unknown)} (see `ticket-triage jobs list`)")
+        alive = [f"{i} ({queue.get(i).state})" for i in job_ids if queue.get(i).state != "dead"]
+        if alive:
+            fail(f"only dead jobs are re-queued; not dead: {', '.join(alive)}")
+    count = queue.retry(None if all_dead else list(job_ids))
     click.echo(f"{count} job(s) re-queued")
 
 
@@ -120,7 +133,6 @@ def retrain_command(ctx: click.Context, now: bool, dry_run: bool, timeout: float
 
     from triage_core.config import ConfigError
     from triage_core.registry import LockHeld
-    from triage_core.store import Store
     from trainer.retrain import Retrainer
 
     from .base import ConnectorConfigError, load_connectors
@@ -128,8 +140,7 @@ def retrain_command(ctx: click.Context, now: bool, dry_run: bool, timeout: float
     if not now and not dry_run:
         fail("say --now to run one, or --dry-run to gather and report only")
     config = get_config(ctx)
-    store = Store(config["database"]["url"])
-    store.upgrade()
+    store = open_store(config)
     try:
         import os
 
@@ -179,11 +190,8 @@ def models_group() -> None:
 
 def _registry(ctx: click.Context):
     from triage_core.registry import ModelRegistry
-    from triage_core.store import Store
 
-    store = Store(get_config(ctx)["database"]["url"])
-    store.upgrade()
-    return ModelRegistry(store)
+    return ModelRegistry(open_store(get_config(ctx)))
 
 
 @models_group.command("list")
@@ -228,3 +236,62 @@ def models_rollback(ctx: click.Context) -> None:
     except RegistryError as exc:
         fail(str(exc))
     click.echo(f"rolled back: {m.tag} is the champion")
+
+
+@models_group.command("add")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Check the adapter against this taxonomy (default: the configured one, as the daemon will).")
+@click.option("--name", help="Register under this name (default: the adapter's own, from triage_adapter.json).")
+@click.option("--version", "version", help="Register as this version (default: the adapter's own).")
+@click.option("--promote", is_flag=True, help="Make it the champion at once (running daemons reload it).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_add(ctx: click.Context, folder: Path, taxonomy_path: Path | None, name: str | None,
+               version: str | None, promote: bool, as_json: bool) -> None:
+    """Register an adapter folder that `train` wrote (with its metrics), so promote and rollback know it.
+
+    The adapter must have been trained for the taxonomy the daemon serves: the configured one (or --taxonomy)."""
+    from triage_core.model import ModelError, check_adapter
+    from triage_core.registry import RegistryError
+    from triage_core.taxonomy import TaxonomyError, load_taxonomy
+
+    config = get_config(ctx)
+    tax_file = taxonomy_path or config.taxonomy_path
+    try:
+        taxonomy = load_taxonomy(tax_file)
+        meta = check_adapter(folder, taxonomy.label_hash)
+    except (TaxonomyError, ModelError) as exc:
+        fail(f"{exc} (taxonomy {tax_file})")
+    if not meta:
+        fail(f"{folder}: no triage_adapter.json; register only adapter folders that `ticket-triage train` wrote")
+    base = str(meta.get("base") or config["model"]["base"])
+    if base != str(config["model"]["base"]):
+        fail(f"{folder} was trained on base {base!r} but model.base is {config['model']['base']!r}; "
+             "set model.base to match")
+    registry = _registry(ctx)
+    try:
+        info = registry.register(name or str(meta.get("name") or folder.resolve().name),
+                                 version or str(meta.get("version") or "1"), base, str(folder.resolve()),
+                                 meta.get("taxonomy_hash") or taxonomy.label_hash, adapter_metrics(meta))
+        if promote:
+            info = registry.promote(info.id)
+    except RegistryError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(info.to_dict()))
+        return
+    click.echo(f"registered {info.tag} ({info.adapter_path}) for taxonomy {taxonomy.name!r}"
+               + (": it is the champion" if promote else f"; serve it with `ticket-triage models promote {info.tag}`"))
+
+
+def adapter_metrics(meta: dict) -> dict:
+    """The registry's metrics from triage_adapter.json: validation metrics as held-out, and the training record."""
+    metrics = dict(meta.get("metrics") or {})
+    out = {"heldout": metrics["val"]} if isinstance(metrics.get("val"), dict) else {}
+    for key in ("data", "training", "suggested_thresholds"):
+        if meta.get(key):
+            out[key] = meta[key]
+    if metrics:
+        out["adapter"] = metrics
+    return out

@@ -40,6 +40,12 @@ def _mapping_and_labels(map_file: Path | None, maps: tuple[str, ...], label_map_
     return columns, labels
 
 
+def refuse_overwrite(path: Path | None, force: bool, option: str) -> None:
+    """A file the user already has is replaced only when they said --force (a taxonomy is hard to rebuild)."""
+    if path is not None and path.exists() and not force:
+        fail(f"{option} {path}: the file exists; pass --force to overwrite it, or choose another path")
+
+
 def _check_input(path: Path) -> None:
     if not path.exists():
         fail(f"{path}: file not found")
@@ -66,12 +72,13 @@ def _check_input(path: Path) -> None:
               help="Hold out a test file here (near-duplicates stay on one side); --out keeps the rest.")
 @click.option("--test-share", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of the records held out with --test-out.")
+@click.option("--force", is_flag=True, help="Overwrite --out and --test-out if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple[str, ...], map_file: Path | None,
                    label_maps: tuple[str, ...], label_map_file: Path | None, drop_rows: bool,
                    encoding: str | None, source: str | None, taxonomy_path: Path | None, test_out: Path | None,
-                   test_share: float, as_json: bool) -> None:
+                   test_share: float, force: bool, as_json: bool) -> None:
     """Import closed tickets (CSV or JSONL export) as labelled-ticket records, checked against the taxonomy.
 
     Labels outside the taxonomy are reported and dropped (or mapped with --label-map); duplicates and rows
@@ -87,6 +94,8 @@ def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple
         fail(f"--source {source!r}: expected one of {', '.join(SOURCES)}")
     if out is not None and out.resolve() == file.resolve():
         fail("--out must not be the input file")
+    refuse_overwrite(out, force, "--out")
+    refuse_overwrite(test_out, force, "--test-out")
     try:
         taxonomy = load_taxonomy(taxonomy_path or get_config(ctx).taxonomy_path)
     except TaxonomyError as exc:
@@ -161,16 +170,18 @@ def _hold_out(out: Path, test_out: Path, share: float) -> int:
               help="Values seen on fewer tickets are flagged RARE.")
 @click.option("--name", help="Taxonomy name (default: inferred-<file name>).")
 @click.option("--encoding", help="Force the file encoding (default: UTF-8 with or without BOM, else cp1252).")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists (say, the taxonomy the daemon serves).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts (and the YAML when no --out) as JSON.")
 def infer_command(data: Path | None, maps: tuple[str, ...], map_file: Path | None, label_maps: tuple[str, ...],
                   label_map_file: Path | None, out: Path | None, min_count: int, name: str | None,
-                  encoding: str | None, as_json: bool) -> None:
+                  encoding: str | None, force: bool, as_json: bool) -> None:
     """Draft a taxonomy YAML from the labels in closed tickets, with counts and rare values flagged."""
     from .infer import infer_taxonomy
 
     if data is None:
         fail("give the labelled tickets with --data FILE")
     _check_input(data)
+    refuse_overwrite(out, force, "--out")
     try:
         mapping, labels = _mapping_and_labels(map_file, maps, label_map_file)
         cli_labels: LabelMap = {}

