@@ -240,7 +240,10 @@ def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path
         pass
     import torch
 
-    torch.set_num_threads(max(1, int(job["threads"])))
+    threads = max(1, int(job["threads"]))
+    torch.set_num_threads(threads)
+    # Loading a model sets torch threads from model.threads: the child's loads must keep retrain.threads.
+    config_data = {**config_data, "model": {**config_data["model"], "threads": threads}}
     from triage_core.triager import Triager
 
     from triage_core.triager import DecodingSettings
