@@ -169,11 +169,11 @@ def register_section(name: str, defaults: Mapping[str, Any]) -> None:
     DEFAULTS[name] = copy.deepcopy(dict(defaults))
 
 
-def default_config_dir() -> Path:
-    """config/ of the source checkout, or of an installed copy under sys.prefix/share."""
-    env = os.environ.get("TRIAGE_CONFIG_DIR")
-    if env:
-        return Path(env)
+def default_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$TRIAGE_CONFIG_DIR, else config/ of the source checkout, or of an installed copy under sys.prefix/share."""
+    named = (os.environ if env is None else env).get("TRIAGE_CONFIG_DIR")
+    if named:
+        return Path(named)
     checkout = Path(__file__).resolve().parent.parent / "config"
     if checkout.is_dir():
         return checkout
@@ -223,13 +223,13 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         _merge(data, loaded, DEFAULTS, str(file), "", origins)
         base_dir, source = file.resolve().parent, str(file)
     else:
-        base_dir, source = default_config_dir(), "<defaults>"
+        base_dir, source = default_config_dir(env), "<defaults>"
     for key_path, default in _leaves(DEFAULTS):
         name = ENV_PREFIX + "_".join(key_path).upper()
         if name in env:
             _set(data, key_path, _coerce(env[name], default, name, ".".join(key_path)))
             origins[".".join(key_path)] = f"environment {name}"
-    _resolve_shipped(data, origins, default_config_dir())
+    _resolve_shipped(data, origins, default_config_dir(env))
     if overrides:
         _merge(data, overrides, DEFAULTS, "<overrides>", "", origins)
     _check_values(data, lambda dotted: origins.get(dotted, source))
