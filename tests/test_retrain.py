@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -171,8 +172,9 @@ def record_correction(store: Store) -> None:
 SECRET = "s3cret"
 
 
-def post(daemon, ref, text):
-    body = json.dumps({"id": ref, "text": text}).encode()
+def post(daemon, ref, text, callback_url=None):
+    payload = {"id": ref, "text": text, **({"callback_url": callback_url} if callback_url else {})}
+    body = json.dumps(payload).encode()
     ts = str(int(time.time()))
     sig = "sha256=" + hmac.new(SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     r = requests.post(daemon.url + "/webhooks/generic", data=body, timeout=30,
@@ -181,47 +183,85 @@ def post(daemon, ref, text):
     assert r.status_code == 202, r.text
 
 
+def wait_serving(daemon, model_id, timeout=120):
+    deadline = time.time() + timeout
+    while daemon.app.extensions["triage_watcher"].serving != model_id:
+        assert time.time() < deadline, f"the daemon did not reload model {model_id}"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_run_trains_a_challenger_promotes_it_and_a_live_daemon_reloads_without_losing_a_job(
         tmp_path, taxonomy, live_daemon):
-    config = settings(tmp_path, margin=1.0)  # any challenger with 100% validity passes
-    daemon = live_daemon({"model": {"reload_seconds": 0.2}, "connectors": {"enabled": ["generic"]}},
+    from test_daemon import HOLD, Callback
+
+    config = settings(tmp_path, margin=1.0, synthetic_per_label=2)  # any challenger with 100% validity passes
+    # The write-back of ticket A is held open while the new champion is swapped in: A is in flight (triaged by
+    # the old model, its write-back not answered) and B and C wait in the queue behind it during the swap.
+    callback = Callback(script=[(200, {})] * 3 + [HOLD])
+    daemon = live_daemon({"model": {"reload_seconds": 0.2},
+                          "connectors": {"enabled": ["generic"], "settings": {"generic": {"timeout": 300}}}},
                          {"TRIAGE_GENERIC_SECRET": SECRET})
     texts = ["VPN drops every few minutes", "Please install Visio on my laptop", "Outlook cannot send mail",
-             "Badge reader at the main door is broken", "Need access to the finance share", "Printer jams"]
-    for i, t in enumerate(texts[:3]):
-        post(daemon, f"T-{i}", t)
-    source = ClosedSource(closed(taxonomy))
-    report = Retrainer(config, daemon.store, {"jira": source}).run(timeout=900)
-    assert report.state == "promoted", report.decision
-    assert set(report.metrics) == {"champion", "challenger"}
-    assert report.metrics["challenger"]["validity_pct"] == 100.0
-    registry = ModelRegistry(daemon.store)
-    champion = registry.champion()
-    assert champion.tag == report.challenger == f"{taxonomy.name}@r{report.id}"
-    statuses = {m.tag: m.status for m in registry.list()}
-    assert statuses == {champion.tag: "champion", "default-it@2": "retired"}  # the configured adapter, recorded
-    deadline = time.time() + 60
-    while daemon.app.extensions["triage_watcher"].serving != champion.id:
-        assert time.time() < deadline, "the daemon did not reload the champion"
-        time.sleep(0.1)
-    for i, t in enumerate(texts[3:], 3):
-        post(daemon, f"T-{i}", t)
-    daemon.wait_idle(done=6)
-    adapters = {}
-    for i in range(6):
-        history = daemon.store.ticket_history("generic", f"T-{i}")["history"]
-        assert len(history["results"]) == 1 and len(history["writebacks"]) == 1  # exactly once
-        adapters[i] = history["results"][0]["model_adapter"]
-    assert {adapters[i] for i in (3, 4, 5)} == {champion.tag}
-    run = read_records(tmp_path / "runs" / f"run-{report.id:05d}" / "train.jsonl")
-    assert all("jane.doe" not in r["text"] for r in run)
-    # Rollback returns to the configured adapter and the daemon follows.
-    assert registry.rollback().status == "champion"
-    deadline = time.time() + 60
-    while daemon.app.extensions["triage_watcher"].serving == champion.id:
-        assert time.time() < deadline
-        time.sleep(0.1)
+             "Badge reader at the main door is broken", "Need access to the finance share", "Printer jams",
+             "The projector in room 2 flickers"]
+    try:
+        for i, t in enumerate(texts[:3]):
+            post(daemon, f"T-{i}", t, callback.url)
+
+        def stage(name):
+            if name == "decide":  # training is over; the promotion comes next
+                post(daemon, "T-3", texts[3], callback.url)
+                assert callback.hung.wait(120), "ticket A's write-back never started"
+                post(daemon, "T-4", texts[4], callback.url)
+                post(daemon, "T-5", texts[5], callback.url)
+
+        source = ClosedSource(closed(taxonomy))
+        report = Retrainer(config, daemon.store, {"jira": source}, stage=stage).run(timeout=900)
+        assert report.state == "promoted", report.decision
+        assert set(report.metrics) == {"champion", "challenger"}
+        assert report.metrics["challenger"]["validity_pct"] == 100.0
+        registry = ModelRegistry(daemon.store)
+        champion = registry.champion()
+        assert champion.tag == report.challenger == f"{taxonomy.name}@r{report.id}"
+        statuses = {m.tag: m.status for m in registry.list()}
+        assert statuses == {champion.tag: "champion", "default-it@2": "retired"}  # the configured adapter, recorded
+        wait_serving(daemon, champion.id)
+        depth = daemon.ctx.queue.depth()
+        assert depth["running"] == 1 and depth["queued"] == 2, depth  # A in flight, B and C queued: swapped now
+        callback.release()
+        daemon.wait_idle(done=6)
+        adapters = {}
+        for i in range(6):
+            history = daemon.store.ticket_history("generic", f"T-{i}")["history"]
+            assert len(history["results"]) == 1, i  # triaged exactly once
+            assert [w["outcome"] for w in history["writebacks"]] == ["applied"], i  # written back exactly once
+            adapters[i] = history["results"][0]["model_adapter"]
+        assert adapters[3] == "default-it@2"  # A finished on the model its batch started with
+        assert {adapters[4], adapters[5]} == {champion.tag}  # the jobs queued during the swap: the new champion
+        assert sorted(callback.ids()) == [f"T-{i}" for i in range(6)]
+
+        # The synthetic top-up for rare labels ran and its records went into the training file.
+        run = read_records(tmp_path / "runs" / f"run-{report.id:05d}" / "train.jsonl")
+        assert report.counts["synthetic"] > 0
+        assert sum(r.get("source") == "synthetic" for r in run) == report.counts["synthetic"]
+        assert all("jane.doe" not in r["text"] for r in run)
+        # The child trained with retrain.threads torch threads, at retrain.nice below the caller's priority.
+        child = report.counts["child"]
+        assert child["threads"] == config["retrain"]["threads"] == 1
+        assert child["nice"] == min(19, os.nice(0) + config["retrain"]["nice"])
+
+        # Rollback returns to the previous champion (the configured adapter), and the daemon follows.
+        back = registry.rollback()
+        assert back.tag == "default-it@2" and registry.champion().id == back.id
+        assert {m.tag: m.status for m in registry.list()}[champion.tag] == "retired"
+        wait_serving(daemon, back.id)
+        post(daemon, "T-6", texts[6], callback.url)
+        daemon.wait_idle(done=7)
+        history = daemon.store.ticket_history("generic", "T-6")["history"]
+        assert [r["model_adapter"] for r in history["results"]] == ["default-it@2"]
+    finally:
+        callback.close()
 
 
 @pytest.mark.slow
