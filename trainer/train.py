@@ -153,9 +153,11 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
                 if f.name not in missing:
                     choices += _branches(explicit, f, labels, len(prompt) + starts[f.name],
                                          priors.get(f.name, {}), settings.prior_tau)
-            enum_names = {f.name for f in taxonomy.enum_fields}
+            # Enum values are learnt among their allowed values, and the JSON punctuation is fed, never
+            # predicted: only text fields keep token targets, so the choices are not diluted by easy tokens.
+            text_names = {f.name for f in taxonomy.fields if not f.is_enum}
             owners = _owners(explicit, taxonomy, labels, missing)
-            target = [IGNORE if owner in enum_names else t for t, owner in zip(target, owners)]
+            target = [t if owner in text_names else IGNORE for t, owner in zip(target, owners)]
         examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + target, choices))
     return examples, skipped
 

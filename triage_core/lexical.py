@@ -1,4 +1,4 @@
-"""The lexical expert: TF-IDF word and character n-grams with a linear model per enum field.
+"""The lexical expert: TF-IDF word and character n-grams with a linear SVM per enum field.
 
 A small LM fine-tuned for minutes knows less about a team's own vocabulary (host names, product codes, opaque
 group names) than a bag of n-grams fitted to its history does; the expert gives a distribution over each field's
@@ -42,7 +42,7 @@ class FieldModel:
 
 
 class LexicalExpert:
-    """Shared TF-IDF features and one multinomial logistic regression per field."""
+    """Shared TF-IDF features and one linear model per field (scores -> softmax)."""
 
     def __init__(self, vectorizers: Mapping[str, Any], fields: Mapping[str, FieldModel], taxonomy_hash: str):
         self.vectorizers = dict(vectorizers)
@@ -53,14 +53,15 @@ class LexicalExpert:
 
     @classmethod
     def fit(cls, texts: Sequence[str], labels: Sequence[Mapping[str, str]], fields: Sequence[str],
-            taxonomy_hash: str, c: float = 20.0) -> "LexicalExpert":
+            taxonomy_hash: str) -> "LexicalExpert":
         """Fit on `texts` and their labels; each field learns from the records that carry it.
 
-        Class weights are balanced: on a desk where one group takes half the tickets, an unweighted model
-        routes the rare groups to it, and macro-F1 is what routing quality means.
+        Per field a class-balanced linear SVM, C chosen by 3-fold cross-validated macro-F1 (on a desk where one
+        group takes half the tickets an unweighted model routes the rare groups to it, and macro-F1 is what
+        routing quality means). Its scores become a distribution by a softmax whose temperature the pooling
+        fits on held-out tickets (triage_core.combine), which is Platt-style calibration of the same scores.
         """
         from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
 
         cleaned = [clean_ticket_text(t) for t in texts]
         vecs = {name: TfidfVectorizer(dtype=np.float32, **params) for name, params in _VECTORIZERS.items()}
@@ -73,23 +74,8 @@ class LexicalExpert:
         features = expert._features(cleaned, clean=False)
         for name in fields:
             rows = [i for i, lab in enumerate(labels) if name in lab]
-            if not rows:
-                continue
-            y = [labels[i][name] for i in rows]
-            classes = sorted(set(y))
-            prior = {v: y.count(v) / len(y) for v in classes}
-            if len(classes) == 1:
-                expert.fields[name] = FieldModel(classes, np.zeros((1, features.shape[1]), np.float32),
-                                                 np.zeros(1, np.float32), prior)
-                continue
-            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300)
-            clf.fit(features[rows], y)
-            coef, intercept = clf.coef_, clf.intercept_
-            if len(classes) == 2:  # sklearn keeps one row for two classes: score(c1) - score(c0)
-                coef = np.vstack([-coef[0] / 2, coef[0] / 2])
-                intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-            expert.fields[name] = FieldModel([str(v) for v in clf.classes_], coef.astype(np.float32),
-                                             intercept.astype(np.float32), prior)
+            if rows:
+                expert.fields[name] = _fit_field(features[rows], [labels[i][name] for i in rows])
         return expert
 
     # --- use ---------------------------------------------------------------------------------------------
@@ -171,6 +157,29 @@ class LexicalExpert:
                                    dict(spec["prior"]))
                   for name, spec in meta["fields"].items()}
         return cls(vecs, fields, meta["taxonomy_hash"])
+
+
+def _fit_field(x: Any, y: list[str]) -> FieldModel:
+    from collections import Counter
+
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import LinearSVC
+
+    counts = Counter(y)
+    classes = sorted(counts)
+    prior = {v: counts[v] / len(y) for v in classes}
+    if len(classes) == 1:
+        return FieldModel(classes, np.zeros((1, x.shape[1]), np.float32), np.zeros(1, np.float32), prior)
+    svm = LinearSVC(C=0.5, class_weight="balanced")
+    if min(counts.values()) >= 3:
+        svm = GridSearchCV(svm, {"C": [0.1, 0.3, 1.0, 3.0]}, cv=3, scoring="f1_macro").fit(x, y).best_estimator_
+    else:
+        svm.fit(x, y)
+    coef, intercept = svm.coef_, svm.intercept_
+    if len(classes) == 2:  # one row for two classes: score(c1) - score(c0), split evenly
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    return FieldModel([str(v) for v in svm.classes_], coef.astype(np.float32), intercept.astype(np.float32), prior)
 
 
 def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
