@@ -362,7 +362,8 @@ def test_the_readme_bootstrap_sequence_ends_with_the_daemon_serving_the_new_adap
     desk = work / "our-desk"
     assert {p.name for p in desk.iterdir()} >= {"taxonomy.yaml", "closed.jsonl", "test.jsonl", "adapter", "report",
                                                 "config.yaml"}
-    assert "model: smollm2-135m-instruct + adapter@" in setup.stdout and "{'base'" not in setup.stdout
+    assert re.search(r"^model: SmolLM2-135M-Instruct \+ adapter@\d+$", setup.stdout, flags=re.M), setup.stdout
+    assert "{'base'" not in setup.stdout
     assert "is the champion" in setup.stdout
     meta = json.loads((desk / "adapter" / "triage_adapter.json").read_text())
     tag = f"{meta['name']}@{meta['version']}"
