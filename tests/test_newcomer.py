@@ -327,6 +327,36 @@ def test_a_run_that_does_not_promote_leaves_its_window_for_the_next(tmp_path, ta
 # --- slow: the model is loaded -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_a_trained_challenger_that_is_kept_leaves_its_window_for_the_next_run(tmp_path, taxonomy):
+    from triage_core.registry import ModelRegistry
+    from triage_core.store import Store
+    from trainer.retrain import Retrainer
+    from trainer.synthetic import generate
+
+    def config(**retrain):
+        return load_config(env={}, overrides={
+            "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"}, "train": {"batch_size": 2, "max_length": 256},
+            "retrain": {"max_steps": 2, "min_records": 10, "min_holdout": 4, "holdout_fraction": 0.25,
+                        "lookback_days": 30, "output_dir": str(tmp_path / "runs"), "synthetic_per_label": 0,
+                        "threads": 1, **retrain}})
+
+    start = datetime.now(timezone.utc) - timedelta(days=3)
+    source = ClosedSource([{"id": f"J-{i}", "text": r["text"], "source": "jira", "closed_at":
+                            (start + timedelta(minutes=i)).isoformat(),
+                            "labels": {k: v for k, v in r["labels"].items() if k != "summary"}}
+                           for i, r in enumerate(generate(taxonomy, 16, seed=11))])
+    store = Store(config()["database"]["url"])
+    store.upgrade()
+    kept = Retrainer(config(margin=-1.0), store, {"jira": source}).run(timeout=900)  # must gain a full point
+    assert kept.state == "kept" and "macro-F1" in kept.decision and kept.challenger
+    assert ModelRegistry(store).champion() is None
+    again = Retrainer(config(min_records=1000), store, {"jira": source}).run()
+    assert again.counts["sources"]["jira"] == 16 == kept.counts["sources"]["jira"]
+    assert abs(source.asked[1] - source.asked[0]) < timedelta(minutes=1)  # the same window, not the kept run's
+    store.dispose()
+
+
+@pytest.mark.slow
 def test_train_resume_without_a_checkpoint_says_so(tmp_path):
     from trainer.synthetic import generate
     from triage_core.taxonomy import load_taxonomy

@@ -363,7 +363,7 @@ RANGES: tuple[tuple[str, float | None, float | None], ...] = (
     ("train.explicit_fraction", 0, 1), ("train.dropout", 0, 0.999), ("train.warmup_ratio", 0, 1),
     ("train.learning_rate", 0, None), ("train.epochs", 0, None), ("train.eval_limit", 0, None),
     ("retrain.lookback_days", 1, None), ("retrain.holdout_fraction", 0, 0.9), ("retrain.min_holdout", 1, None),
-    ("retrain.min_records", 1, None), ("retrain.margin", 0, 1), ("retrain.max_steps", 0, None),
+    ("retrain.min_records", 1, None), ("retrain.margin", -1, 1), ("retrain.max_steps", 0, None),
     ("retrain.epochs", 0, None), ("retrain.threads", 1, None), ("retrain.lock_hours", 0.01, None),
 )
 
