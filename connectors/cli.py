@@ -109,10 +109,11 @@ def jobs_retry(ctx: click.Context, job_ids: tuple[int, ...], all_dead: bool) -> 
         fail("give job ids or --all")
     queue = _queue(ctx)
     if not all_dead:
-        unknown = [str(i) for i in job_ids if queue.get(i) is None]
+        found = {i: queue.get(i) for i in job_ids}
+        unknown = [str(i) for i, job in found.items() if job is None]
         if unknown:
             fail(f"no job with id {', '.join(unknown)} (see `ticket-triage jobs list`)")
-        alive = [f"{i} ({queue.get(i).state})" for i in job_ids if queue.get(i).state != "dead"]
+        alive = [f"{i} ({job.state})" for i, job in found.items() if job.state != "dead"]
         if alive:
             fail(f"only dead jobs are re-queued; not dead: {', '.join(alive)}")
     count = queue.retry(None if all_dead else list(job_ids))

@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import click
 import pytest
 import requests
 
@@ -264,7 +265,7 @@ def test_every_train_and_eval_option_has_help():
     from trainer.train_cli import eval_command, train_command
 
     for command in (train_command, eval_command):
-        missing = [p.name for p in command.params if isinstance(p, __import__("click").Option) and not p.help]
+        missing = [p.name for p in command.params if isinstance(p, click.Option) and not p.help]
         assert missing == [], f"{command.name}: options without help: {missing}"
 
 
@@ -364,8 +365,8 @@ def test_train_resume_without_a_checkpoint_says_so(tmp_path):
     tax = load_taxonomy(ROOT / "config" / "taxonomy.yaml")
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in generate(tax, 8, seed=3)))
-    code, out, err = cli("train", "--data", str(data), "--out", str(tmp_path / "a"), "--resume", "--no-lexical",
-                         "--max-steps", "1", "--batch-size", "2", cwd=tmp_path)
+    code, _, err = cli("train", "--data", str(data), "--out", str(tmp_path / "a"), "--resume", "--no-lexical",
+                       "--max-steps", "1", "--batch-size", "2", cwd=tmp_path)
     assert code == 0, err
     assert f"warning: --resume: no checkpoint in {tmp_path / 'a' / 'checkpoints'}; training from the start" in err
     assert (tmp_path / "a" / "triage_adapter.json").is_file()
