@@ -279,6 +279,47 @@ def test_retrain_curve_takes_its_data_path(tmp_path):
     assert proc.returncode == 2 and "required: data" in proc.stderr
 
 
+GROUPS = {"taxonomy", "models", "jobs", "db"}
+CHEAP = {("taxonomy", "check"), ("taxonomy", "schema"), ("db", "upgrade"), ("jobs", "list"), ("jobs", "retry"),
+         ("models", "list")}
+
+
+def readme_commands() -> list[str]:
+    """Every `ticket-triage ...` command line in the README (code blocks and inline code), alternatives skipped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            m = re.search(r"(?:^|\s)(?:\.venv/bin/)?ticket-triage\s+(.*)", line.split(" #")[0])
+            if m:
+                found.append(m.group(1).strip())
+    found += re.findall(r"`(?:\.venv/bin/)?ticket-triage ([^`]+)`", text)
+    return [c for c in found if "|" not in c]
+
+
+def test_every_readme_command_and_option_exists(tmp_path):
+    commands = readme_commands()
+    assert any(c.startswith("models add") for c in commands) and len(commands) > 15
+    helps: dict[tuple[str, ...], str] = {}
+    for command in commands:
+        words = command.split()
+        path = tuple(words[:2]) if words[0] in GROUPS and len(words) > 1 else (words[0],)
+        if path not in helps:
+            code, out, err = cli(*path, "--help", cwd=tmp_path)
+            assert code == 0, f"ticket-triage {' '.join(path)}: {err}"
+            helps[path] = out
+        for option in re.findall(r"(?:^|\s)(--[a-z][a-z0-9-]*|-o)(?==|\s|$)", command):
+            assert re.search(rf"(?:^|[\s,/]){re.escape(option)}\b", helps[path]), \
+                f"README: ticket-triage {command}: {' '.join(path)} has no {option}"
+    # The cheap ones (no model, no input file) run as written in an empty folder.
+    cheap = [c for c in commands if tuple(c.split()[:2]) in CHEAP]
+    assert len(cheap) >= 5
+    for command in cheap:
+        code, out, err = cli(*command.split(), cwd=tmp_path)
+        assert code == 0, f"README: ticket-triage {command}: {err}"
+    assert (tmp_path / "triage.db").is_file()  # the default database, in the folder the user is in
+
+
 # --- the retraining window --------------------------------------------------------------------------------------
 
 class ClosedSource:
