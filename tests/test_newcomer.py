@@ -332,6 +332,15 @@ class ClosedSource:
         return [r for r in self.records if datetime.fromisoformat(r["closed_at"]) > since]
 
 
+def started(store, run_id: int) -> datetime:
+    """When a retraining run started, as recorded (UTC)."""
+    from triage_core.store import RetrainRun
+
+    with store.session(readonly=True) as s:
+        at = s.get(RetrainRun, run_id).started_at
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
 def test_a_run_that_does_not_promote_leaves_its_window_for_the_next(tmp_path, taxonomy):
     from triage_core.store import RetrainRun, Store, utcnow
     from trainer.retrain import Retrainer
@@ -349,8 +358,8 @@ def test_a_run_that_does_not_promote_leaves_its_window_for_the_next(tmp_path, ta
     assert first.state == "kept" and "not enough data" in first.decision
     second = Retrainer(config, store, {"jira": source}).run()
     assert second.counts["sources"]["jira"] == 5  # the first run's tickets are gathered again
-    assert abs(source.asked[1] - source.asked[0]) < timedelta(minutes=1)
-    assert abs(source.asked[1] - (now - timedelta(days=30))) < timedelta(minutes=1)
+    # Its window still reaches back lookback_days, before those tickets, not to the start of the first run.
+    assert source.asked[1] < now - timedelta(days=29) < started(store, first.id)
 
     # A promoted run moves the window to its start; a later kept run (challenger not promoted) does not.
     promoted_at, kept_at = utcnow() - timedelta(hours=5), utcnow() - timedelta(hours=1)
@@ -394,7 +403,7 @@ def test_a_trained_challenger_that_is_kept_leaves_its_window_for_the_next_run(tm
     assert ModelRegistry(store).champion() is None
     again = Retrainer(config(min_records=1000), store, {"jira": source}).run()
     assert again.counts["sources"]["jira"] == 16 == kept.counts["sources"]["jira"]
-    assert abs(source.asked[1] - source.asked[0]) < timedelta(minutes=1)  # the same window, not the kept run's
+    assert source.asked[1] < start < started(store, kept.id)  # the lookback window again, not the kept run's
     store.dispose()
 
 
