@@ -2,7 +2,9 @@
 
 Every setting has an embedded default (`DEFAULTS`), so the daemon runs with no file at all. A file overrides the
 defaults it names; `TRIAGE_<SECTION>_<KEY>` environment variables override both (for example
-`TRIAGE_MODEL_LOAD_IN_4BIT=true`). Unknown keys and values of the wrong type stop start-up with the key named.
+`TRIAGE_MODEL_LOAD_IN_4BIT=true`). Unknown keys, values of the wrong type and values out of range stop start-up
+with the key and the file or variable named; a TRIAGE_* variable that looks like a setting but is none is warned
+about. The taxonomy and adapter defaults name the shipped files wherever the config file lives.
 Other packages (connectors, trainer) add their sections with `register_section` before the config is loaded.
 """
 from __future__ import annotations
