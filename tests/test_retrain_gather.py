@@ -100,7 +100,11 @@ def test_drop_folder_csv_goes_through_the_drop_map(tmp_path, taxonomy):
     assert all(r["labels"] == {"category": "Hardware", "request_type": "Service Request"} for r in printers)
 
 
-def test_a_run_gathers_only_what_closed_since_the_last_finished_run(tmp_path, taxonomy):
+def test_a_run_gathers_only_what_closed_since_the_last_promotion(tmp_path, taxonomy):
+    """The window starts at the last run that promoted a challenger (a kept, failed or dry run consumes
+    nothing), else `lookback_days` back."""
+    from triage_core.store import RetrainRun
+
     config = config_for(tmp_path, min_records=1000, lookback_days=30)  # never enough: no training, run is kept
     store = store_for(config)
     now = datetime.now(timezone.utc)
@@ -110,13 +114,19 @@ def test_a_run_gathers_only_what_closed_since_the_last_finished_run(tmp_path, ta
     t0 = datetime.now(timezone.utc)
     dry = Retrainer(config, store, {"jira": source}).run(dry_run=True)
     first = Retrainer(config, store, {"jira": source}).run()
-    assert first.state == "kept" and "not enough data" in first.decision
-    # Neither the dry run nor the first real run has a finished run before it: both look back 30 days.
+    again = Retrainer(config, store, {"jira": source}).run()
+    assert first.state == again.state == "kept" and "not enough data" in first.decision
+    # No promotion yet: every run looks back 30 days, so the kept run's tickets are gathered again.
+    assert len(source.asked) == 3
     for asked in source.asked:
         assert abs((t0 - timedelta(days=30)) - asked) < timedelta(minutes=1)
-    assert first.counts["sources"]["jira"] == 6 and dry.counts["sources"]["jira"] == 6
+    assert dry.counts["sources"]["jira"] == first.counts["sources"]["jira"] == again.counts["sources"]["jira"] == 6
 
-    # A correction recorded before the second run, and a ticket closed after the first run started.
+    # A run that promoted its challenger an hour ago, then a correction and a ticket closed since.
+    promoted_at = now - timedelta(hours=1)
+    with store.session() as s:
+        s.add(RetrainRun(state="promoted", owner="instance-2", started_at=promoted_at, finished_at=now,
+                         since=now - timedelta(days=30), counts={}, metrics={}, decision="promoted"))
     job = JobQueue(store).submit(InboundTicket(connector="jira", ref="IT-5", event_key="e5",
                                                text="The projector in room 4 shows no picture")).job_id
     rid = store.record_result(job, "jira", "IT-5", {"category": "Hardware", "subcategory": "Monitor / Peripherals"},
@@ -124,16 +134,10 @@ def test_a_run_gathers_only_what_closed_since_the_last_finished_run(tmp_path, ta
     store.record_correction("jira", "IT-5", "category", "Hardware", "Workplace", result_id=rid)
     source.records = old + records(taxonomy, 2, seed=9, prefix="NEW", start=datetime.now(timezone.utc))
     second = Retrainer(config, store, {"jira": source}).run()
-    with store.engine.connect() as conn:
-        started = {row[0]: row[1] for row in conn.exec_driver_sql("select id, started_at from retrain_runs")}
-    last_started = datetime.fromisoformat(str(started[first.id])).replace(tzinfo=timezone.utc)
-    assert source.asked[-1] == last_started  # since the start of the last finished run (the dry run does not count)
-    assert second.counts["since"] == last_started.isoformat()
+    assert abs(source.asked[-1] - promoted_at) < timedelta(milliseconds=1)  # since the last promotion
+    assert second.counts["since"] == source.asked[-1].isoformat()
     assert second.counts["sources"] == {"jira": 2, "corrections": 1}
     assert sorted(r["id"] for r in run_files(tmp_path, second)) == ["NEW-0", "NEW-1", "jira:IT-5"]
-    # A third run finds the correction already behind it.
-    third = Retrainer(config, store, {"jira": ClosedSource([])}).run()
-    assert third.counts["sources"] == {"jira": 0, "corrections": 0}
 
 
 def test_rare_labels_get_synthetic_top_up(taxonomy):
