@@ -43,6 +43,9 @@ adapter: $(VENV)/.installed
 	$(VENV)/bin/ticket-triage train --data data/synthetic/train.jsonl --val data/synthetic/val.jsonl \
 		--init-adapter adapters/default-it-stage1 --learning-rate 0.0008 --seed 14 \
 		--out adapters/default-it --name default-it --version 2
+	# The recipe's other pieces for it: the lexical expert and the pooling, calibrated on the held-out val split.
+	$(VENV)/bin/ticket-triage train --data data/synthetic/train.jsonl --val data/synthetic/val.jsonl \
+		--out adapters/default-it --pool-only
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -204,14 +204,22 @@ def test_pooling_is_fitted_on_the_held_out_fold_of_the_training_records_only(cfg
 
 
 @pytest.mark.slow
-def test_adapter_without_an_expert_triages_with_the_lm_alone(triager, tmp_path):
-    # The shipped adapter predates the recipe: no lexical.json, no combination.json.
-    assert triager.expert is None and triager.combination.views == {}
-    res = triager.triage("The VPN drops every few minutes since this morning")
+def test_adapter_without_an_expert_triages_with_the_lm_alone(cfg, tmp_path):
+    import shutil
+
+    # An adapter from before the recipe: the LoRA weights and metadata only, no lexical.*, no combination.json.
+    adapter = tmp_path / "old"
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "triage_adapter.json"):
+        shutil.copy(cfg.path(cfg["model"]["adapter"]) / name, adapter / name)
+    old = Triager.from_config(cfg, adapter=adapter)
+    assert old.expert is None and old.combination.views == {}
+    res = old.triage("The VPN drops every few minutes since this morning")
     assert res.views == {}
     for name, dist in res.distributions.items():
         assert sum(dist.values()) == pytest.approx(1.0)
         assert res.ticket[name] == max(dist, key=dist.get)  # the LM's own choice, uncorrected
+        assert res.confidence[name] == dist[res.ticket[name]]
 
 
 @pytest.mark.slow

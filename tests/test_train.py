@@ -45,8 +45,9 @@ def settings(cfg, **over):
 
 
 def test_examples_mask_the_prompt_and_skip_bad_records(triager, cfg):
-    examples, skipped = build_examples(RECORDS, triager.loaded.tokenizer, triager.taxonomy, settings(cfg),
-                                       INSTRUCTIONS)
+    # The token-level layout (restricted_loss off): every answer token is a target, the prompt none.
+    examples, skipped = build_examples(RECORDS, triager.loaded.tokenizer, triager.taxonomy,
+                                       settings(cfg, restricted_loss=False), INSTRUCTIONS)
     assert skipped == 2 and len(examples) == 4
     for e, r in zip(examples, RECORDS):
         answer = [t for t in e.labels if t != -100]
@@ -55,7 +56,7 @@ def test_examples_mask_the_prompt_and_skip_bad_records(triager, cfg):
         after_system = len(e.input_ids) - len(triager.codec.prefix_ids)
         assert after_system <= settings(cfg).max_length  # no instruction is longer than the explicit prompt
     partial, skipped = build_examples(RECORDS, triager.loaded.tokenizer, triager.taxonomy,
-                                      settings(cfg, partial_labels=True))
+                                      settings(cfg, partial_labels=True, restricted_loss=False))
     assert skipped == 1 and len(partial) == 5  # the record labelling only a category is trained on...
     trained = triager.loaded.tokenizer.decode([t for t in partial[4].labels if t != -100])
     assert "Network" in trained and "summary" in trained and "Incident" not in trained  # ...its category only
