@@ -183,6 +183,11 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 SYSTEMS = (("model", "model"), ("lm", "LM alone"), ("lexical", "lexical alone"), ("baseline", "TF-IDF+SVM"))
 
 
+def model_line(info: Mapping[str, Any]) -> str:
+    """`base + adapter` as a reader writes it, not a Python dict."""
+    return f"{info.get('base')} + {info['adapter']}" if info.get("adapter") else f"{info.get('base')} (no adapter)"
+
+
 def summary_table(metrics: Mapping[str, Any]) -> str:
     """Markdown table: per field, accuracy / macro-F1 of every system evaluated, and the model's calibration."""
     shown = [(key, title) for key, title in SYSTEMS if metrics.get(key, {}).get("fields")]
@@ -270,7 +275,7 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], records: Seque
 
     model = metrics.get("model", {})
     md = ["# Evaluation report", "", f"Data: {metrics.get('data')} ({model.get('n')} tickets)",
-          f"Model: {metrics.get('model_info')}", "",
+          f"Model: {model_line(metrics.get('model_info') or {})}", "",
           f"Schema validity: {model.get('validity_pct')}%  ",
           f"Latency per ticket (amortised over batches): p50 {model.get('latency_ms', {}).get('p50')} ms, "
           f"p95 {model.get('latency_ms', {}).get('p95')} ms; {model.get('tickets_per_second')} tickets/s", "",

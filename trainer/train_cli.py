@@ -215,7 +215,7 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
     from triage_core.model import ModelError
     from triage_core.triager import Triager
 
-    from .evaluate import evaluate, evaluated_fields, policy_snippet, summary_table, write_report
+    from .evaluate import evaluate, evaluated_fields, model_line, policy_snippet, summary_table, write_report
     from .records import RecordError, read_records
 
     config = get_config(ctx)
@@ -249,8 +249,7 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
         click.echo(json.dumps(metrics, ensure_ascii=False))
     else:
         m = metrics["model"]
-        info = metrics.get("model_info") or triager.model_info
-        click.echo(f"model: {info.get('base')}" + (f" + {info['adapter']}" if info.get("adapter") else " (no adapter)"))
+        click.echo(f"model: {model_line(metrics.get('model_info') or triager.model_info)}")
         click.echo(f"{m['n']} tickets, validity {m.get('validity_pct')}%, latency p50 "
                    f"{m.get('latency_ms', {}).get('p50')} ms, {m.get('tickets_per_second')} tickets/s")
         click.echo(summary_table(metrics))
