@@ -12,6 +12,8 @@ from triage_core.combine import FieldParams, pool
 
 #: Decision prior corrections tried; the held-out macro-F1 picks one (ties: the smallest correction).
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Standard deviation of the prior on the pooling weights (in units of log-probability weight).
+PRIOR_SCALE = 1.0
 
 
 @dataclass
@@ -30,7 +32,7 @@ def fit_view(data: HeldOut, prior: Mapping[str, float], view: str) -> FieldParam
 
     feats, gold_idx = _features(data, prior)
     free = {"lm": (0, 2), "lexical": (1, 2), "combined": (0, 1, 2)}[view]
-    start = np.array([1.0, 1.0, 0.0])[list(free)]
+    start = np.array([1.0, 1.0, 0.0])[list(free)] if view != "combined" else np.array([0.5, 0.5, 0.0])
     bounds = [(0.0, 10.0) if i < 2 else (-3.0, 3.0) for i in free]
 
     def nll(x: np.ndarray) -> float:
@@ -41,7 +43,9 @@ def fit_view(data: HeldOut, prior: Mapping[str, float], view: str) -> FieldParam
             s = f @ w
             m = s.max()
             total -= s[g] - m - np.log(np.exp(s - m).sum())
-        return total / max(1, len(feats))
+        # A weak Gaussian prior around "trust each calibrated source as it is" (MAP, not ML): a small fold
+        # the sources happen to get all right would otherwise push the weights to the bound (overconfidence).
+        return (total + float(((x - start) ** 2).sum()) / (2 * PRIOR_SCALE ** 2)) / max(1, len(feats))
 
     x = minimize(nll, start, method="L-BFGS-B", bounds=bounds).x
     w = np.zeros(3)

@@ -39,6 +39,7 @@ class FieldModel:
     coef: np.ndarray  # [K, D]  (K == 1 for a field with a single value seen: it always wins)
     intercept: np.ndarray  # [K]
     prior: dict[str, float]
+    scale: float = 1.0  # inverse temperature of the softmax over the scores, fitted out of fold
 
 
 class LexicalExpert:
@@ -93,10 +94,7 @@ class LexicalExpert:
         x = self._features(texts)
         out: list[dict[str, dict[str, float]]] = [{} for _ in texts]
         for name, fm in self.fields.items():
-            scores = np.asarray(x @ fm.coef.T) + fm.intercept
-            scores -= scores.max(axis=1, keepdims=True)
-            probs = np.exp(scores)
-            probs /= probs.sum(axis=1, keepdims=True)
+            probs = _softmax(fm.scale * (np.asarray(x @ fm.coef.T) + fm.intercept))
             for row, p in zip(out, probs):
                 row[name] = {v: float(q) for v, q in zip(fm.classes, p)}
         return out
@@ -123,7 +121,7 @@ class LexicalExpert:
             meta["vectorizers"][name] = {"params": _json_params(_VECTORIZERS[name]), "terms": [str(t) for t in terms]}
             arrays[f"idf.{name}"] = vec.idf_.astype(np.float32)
         for name, fm in self.fields.items():
-            meta["fields"][name] = {"classes": fm.classes, "prior": fm.prior}
+            meta["fields"][name] = {"classes": fm.classes, "prior": fm.prior, "scale": fm.scale}
             arrays[f"coef.{name}"] = fm.coef
             arrays[f"intercept.{name}"] = fm.intercept
         np.savez_compressed(folder / EXPERT_ARRAYS, **arrays)
@@ -154,7 +152,7 @@ class LexicalExpert:
             vec.idf_ = arrays[f"idf.{name}"]
             vecs[name] = vec
         fields = {name: FieldModel(list(spec["classes"]), arrays[f"coef.{name}"], arrays[f"intercept.{name}"],
-                                   dict(spec["prior"]))
+                                   dict(spec["prior"]), float(spec.get("scale", 1.0)))
                   for name, spec in meta["fields"].items()}
         return cls(vecs, fields, meta["taxonomy_hash"])
 
@@ -179,7 +177,34 @@ def _fit_field(x: Any, y: list[str]) -> FieldModel:
     if len(classes) == 2:  # one row for two classes: score(c1) - score(c0), split evenly
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    return FieldModel([str(v) for v in svm.classes_], coef.astype(np.float32), intercept.astype(np.float32), prior)
+    scale = _oof_scale(svm, x, y) if min(counts.values()) >= 3 else 1.0
+    return FieldModel([str(v) for v in svm.classes_], coef.astype(np.float32), intercept.astype(np.float32), prior,
+                      scale)
+
+
+def _oof_scale(svm: Any, x: Any, y: list[str]) -> float:
+    """The softmax inverse temperature that makes the SVM's scores likely on tickets it did not see (3-fold
+    out-of-fold scores over all its training records: far more of them than the pooling's held-out fold)."""
+    from scipy.optimize import minimize_scalar
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    scores = cross_val_predict(clone(svm), x, y, cv=3, method="decision_function")
+    if scores.ndim == 1:
+        scores = np.stack([-scores / 2, scores / 2], axis=1)
+    gold = np.searchsorted(np.array(sorted(set(y))), y)
+
+    def nll(k: float) -> float:
+        p = _softmax(k * scores)
+        return float(-np.log(np.maximum(p[np.arange(len(y)), gold], 1e-12)).mean())
+
+    return float(minimize_scalar(nll, bounds=(0.1, 50.0), method="bounded").x)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    scores = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _json_params(params: Mapping[str, Any]) -> dict[str, Any]:
