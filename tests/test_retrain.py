@@ -38,7 +38,8 @@ class ClosedSource:
 
 
 def closed(taxonomy, n=24, seed=5):
-    start = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    # Relative to now: the fake Jira applies the look-back window (retrain.lookback_days, 90) as Jira would.
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=30)
     out = []
     for i, r in enumerate(generate(taxonomy, n, seed=seed)):
         labels = {k: v for k, v in r["labels"].items() if k != "summary"}

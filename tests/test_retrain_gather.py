@@ -34,7 +34,9 @@ class ClosedSource:
         return [r for r in self.records if datetime.fromisoformat(r["closed_at"]) > since]
 
 
-def records(taxonomy, n, seed, prefix, start=datetime(2026, 10, 1, tzinfo=timezone.utc)):
+def records(taxonomy, n, seed, prefix, start=None):
+    """Closed tickets an hour apart from `start` (default: 30 days ago, inside the 90-day look-back)."""
+    start = start or datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=30)
     out = []
     for i, r in enumerate(generate(taxonomy, n, seed=seed)):
         out.append({"id": f"{prefix}-{i}", "text": r["text"],
