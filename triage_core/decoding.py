@@ -52,8 +52,13 @@ class _Rows:
 class SchemaDecoder:
     """Decodes tickets for one model + codec; holds the system prompt's KV cache (computed once)."""
 
-    def __init__(self, model: Any, codec: PromptCodec, summary_max_tokens: int = 32, lookup_tokens: int = 6):
+    def __init__(self, model: Any, codec: PromptCodec, summary_max_tokens: int = 32, lookup_tokens: int = 6,
+                 restricted: bool = False):
         self.model = model
+        #: Score a value as its adapter was trained (trainer.train's restricted loss): at each point where the
+        #: allowed values' tokens branch, normalise over the branches only; where they do not branch, the
+        #: token is the only way on and costs nothing. Off: full-vocabulary token log-probabilities.
+        self.restricted = restricted
         self.codec = codec
         self.taxonomy = codec.taxonomy
         self.summary_max_tokens = summary_max_tokens
@@ -207,16 +212,11 @@ class SchemaDecoder:
         first = torch.log_softmax(rows.logits, dim=-1) if rows.logits is not None else None
         for r, d in enumerate(out):
             n_lead = len(lead[r])
-            start_dist = logp[r, column[n_lead - 1]] if n_lead else first[r]  # type: ignore[index]
-            at = lead_w
-            names, scores = [], []
-            for value, tokens in cands[r]:
-                total = float(start_dist[tokens[0]])
-                for j in range(1, len(tokens)):
-                    total += float(logp[r, column[at + j - 1], tokens[j]])
-                names.append(value)
-                scores.append(total)
-                at += len(tokens)
+            if self.restricted:
+                start = logits[r, column[n_lead - 1]] if n_lead else rows.logits[r]  # type: ignore[index]
+                names, scores = _trie_scores(cands[r], start, lambda at, j: logits[r, column[at + j - 1]], lead_w)
+            else:
+                names, scores = self._token_scores(cands[r], logp, first, r, n_lead, column, lead_w)
             top = max(scores)
             weights = [math.exp(s - top) for s in scores]
             norm = sum(weights)
@@ -236,6 +236,21 @@ class SchemaDecoder:
         last = logits[torch.arange(b, device=self.device), last_col]
         rows.logits = last if rows.logits is None else torch.where(fed.unsqueeze(1), last, rows.logits)
         rows.pos = rows.pos + lengths
+
+    @staticmethod
+    def _token_scores(cands, logp, first, r, n_lead, column, lead_w) -> tuple[list[str], list[float]]:
+        """Each candidate's full-vocabulary log-probability, token by token (adapters of the token-level loss)."""
+        start_dist = logp[r, column[n_lead - 1]] if n_lead else first[r]
+        at = lead_w
+        names, scores = [], []
+        for value, tokens in cands:
+            total = float(start_dist[tokens[0]])
+            for j in range(1, len(tokens)):
+                total += float(logp[r, column[at + j - 1], tokens[j]])
+            names.append(value)
+            scores.append(total)
+            at += len(tokens)
+        return names, scores
 
     def _generate_text(self, rows: _Rows, f: Field, tickets: Sequence[Sequence[int]], out: list[DecodedFields],
                        close_id: int) -> None:
@@ -345,6 +360,34 @@ class SchemaDecoder:
                 blank[i] = not piece.strip() or piece.strip() == "\ufffd"
             self._blank = blank
         return self._blank
+
+
+def _trie_scores(cands: Sequence[tuple[str, list[int]]], start: torch.Tensor,
+                 logits_at: Callable[[int, int], torch.Tensor], first_at: int) -> tuple[list[str], list[float]]:
+    """Each candidate's log-probability under the trie of all candidates' tokens, normalised over the branches.
+
+    `start` holds the logits before the first token; `logits_at(at, j)` those before token j of the candidate
+    whose block starts at `at` (the blocks follow each other from `first_at`).
+    """
+    branches: dict[tuple[int, ...], list[int]] = {}
+    for _, tokens in cands:
+        for j, tok in enumerate(tokens):
+            nxt = branches.setdefault(tuple(tokens[:j]), [])
+            if tok not in nxt:
+                nxt.append(tok)
+    names, scores = [], []
+    at = first_at
+    for value, tokens in cands:
+        total = 0.0
+        for j, tok in enumerate(tokens):
+            options = branches[tuple(tokens[:j])]
+            if len(options) > 1:
+                row = start if j == 0 else logits_at(at, j)
+                total += float(row[tok] - torch.logsumexp(row[options], dim=0))
+        names.append(value)
+        scores.append(total)
+        at += len(tokens)
+    return names, scores
 
 
 def clip_text(text: str, max_length: int) -> str:

@@ -82,8 +82,10 @@ class Triager:
         self.taxonomy = taxonomy
         self.settings = settings or DecodingSettings()
         self.codec = PromptCodec(loaded.tokenizer, taxonomy)
+        # An adapter trained with the restricted loss is scored the same way (trainer.train).
+        restricted = bool(loaded.adapter_meta.get("hyperparameters", {}).get("restricted_loss"))
         self.decoder = SchemaDecoder(loaded.model, self.codec, summary_max_tokens=self.settings.summary_max_tokens,
-                                     lookup_tokens=self.settings.lookup_tokens)
+                                     lookup_tokens=self.settings.lookup_tokens, restricted=restricted)
         self.expert: LexicalExpert | None = None
         self.combination = Combination()
         if loaded.adapter_dir and use_expert:
