@@ -103,9 +103,6 @@ def fit_pooling(adapter_dir: str | Path, taxonomy: Taxonomy, model_cfg: Mapping[
                                    fields, taxonomy.label_hash)
         expert.save(out_dir)
         seconds["lexical"] += time.perf_counter() - t3
-    else:
-        combination.views.pop("combined", None)
-        combination.views.pop("lexical", None)
     combination.save(out_dir)
     _record(out_dir, combination, len(cal), expert is not None, seconds)
     return RecipeResult(train=None, calibration_ids=[], combination=combination, seconds=seconds)

@@ -139,7 +139,10 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
             skipped += 1
             continue
         codec = explicit if not rotated or rng.random() < settings.explicit_fraction else rng.choice(rotated)
-        answer, target, starts = _answer(explicit, taxonomy, labels, missing)
+        # With the restricted loss enum values are learnt among their allowed values and the JSON punctuation
+        # is fed, never predicted: only text fields keep token targets, so the choices are not diluted.
+        keep = {f.name for f in taxonomy.fields if not f.is_enum} if settings.restricted_loss else None
+        answer, target, starts = _answer(explicit, taxonomy, labels, missing, keep)
         # max_length bounds what follows the system prompt, so the long explicit prompt never squeezes the ticket.
         room = settings.max_length - len(codec.head_ids) - len(codec.tail_ids) - len(answer)
         ticket = codec.encode_ticket(record["text"], max(0, room)).ids
@@ -153,11 +156,6 @@ def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy
                 if f.name not in missing:
                     choices += _branches(explicit, f, labels, len(prompt) + starts[f.name],
                                          priors.get(f.name, {}), settings.prior_tau)
-            # Enum values are learnt among their allowed values, and the JSON punctuation is fed, never
-            # predicted: only text fields keep token targets, so the choices are not diluted by easy tokens.
-            text_names = {f.name for f in taxonomy.fields if not f.is_enum}
-            owners = _owners(explicit, taxonomy, labels, missing)
-            target = [t if owner in text_names else IGNORE for t, owner in zip(target, owners)]
         examples.append(Example(prompt + answer, [IGNORE] * len(prompt) + target, choices))
     return examples, skipped
 
@@ -203,14 +201,6 @@ def _branches(codec: PromptCodec, f: Any, labels: Mapping[str, str], start: int,
     return out
 
 
-def _owners(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]) -> list[str | None]:
-    """For each answer token, the field whose value it belongs to (None for punctuation)."""
-    owners: list[str | None] = []
-    for name, text in codec.answer_segments(_filled(taxonomy, labels, missing)):
-        owners += [name] * len(codec.encode(text))
-    return owners
-
-
 def _filled(taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]) -> dict[str, str]:
     """The labels with a placeholder for each missing field (the first allowed value, or empty text)."""
     filled = {k: v for k, v in labels.items() if k in taxonomy}
@@ -221,9 +211,12 @@ def _filled(taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]) ->
     return filled
 
 
-def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str]
-            ) -> tuple[list[int], list[int], dict[str, int]]:
-    """Answer token ids, their loss targets (IGNORE for a missing field's placeholder) and where each value starts."""
+def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], missing: set[str],
+            keep: set[str] | None = None) -> tuple[list[int], list[int], dict[str, int]]:
+    """Answer token ids, their loss targets and where each value starts.
+
+    A missing field's placeholder gets IGNORE targets; with `keep`, so does every segment not of those fields.
+    """
     ids: list[int] = []
     target: list[int] = []
     starts: dict[str, int] = {}
@@ -232,7 +225,8 @@ def _answer(codec: PromptCodec, taxonomy: Taxonomy, labels: Mapping[str, str], m
         if name is not None:
             starts[name] = len(ids)
         ids += piece
-        target += [IGNORE] * len(piece) if name in missing else piece
+        trained = name not in missing and (keep is None or name in keep)
+        target += piece if trained else [IGNORE] * len(piece)
     return ids, target, starts
 
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .combine import VIEWS, Combination, FieldParams, pool
+from .combine import VIEWS, Combination, pool
 from .config import Config, load_config
 from .decoding import DecodedFields, SchemaDecoder
 from .lexical import ExpertError, LexicalExpert
@@ -145,16 +145,13 @@ class Triager:
                     results[i] = self._result(d, lex, share, encoded[i].truncated)
         return results  # type: ignore[return-value]
 
-    def _params(self, view: str, name: str) -> FieldParams:
-        return self.combination.params(view, name)
-
     def _chooser(self, lexical: list[dict[str, dict[str, float]]]):
         """Pool each field's LM distribution with the expert's (the "combined" view), or calibrate the LM's."""
         view = "combined" if self.expert else "lm"
         priors = self.combination.priors
 
         def choose(f, row, lm, chosen):
-            return pool(self._params(view, f.name), f.allowed(chosen), lm, lexical[row].get(f.name),
+            return pool(self.combination.params(view, f.name), f.allowed(chosen), lm, lexical[row].get(f.name),
                         priors.get(f.name))
         return choose
 
@@ -167,7 +164,7 @@ class Triager:
             views[view], conf[view] = {}, {}
             for f in self.taxonomy.enum_fields:
                 allowed = f.allowed(decoded.values)
-                dist, value = pool(self._params(view, f.name), allowed, decoded.lm_distributions[f.name],
+                dist, value = pool(self.combination.params(view, f.name), allowed, decoded.lm_distributions[f.name],
                                    lexical.get(f.name), self.combination.priors.get(f.name))
                 views[view][f.name], conf[view][f.name] = value, dist[value]
         return views, conf
