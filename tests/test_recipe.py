@@ -239,3 +239,42 @@ def test_an_expert_for_another_taxonomy_is_refused_with_the_adapter(cfg, tmp_pat
     loaded = load_model(cfg["model"], adapter=adapter, taxonomy_hash=taxonomy.label_hash)
     with pytest.raises(ModelError, match="lexical expert was fitted for taxonomy"):
         Triager(loaded, taxonomy)
+
+
+def test_opaque_labels_are_described_by_their_own_tickets_in_the_prompt(cfg, tmp_path):
+    import shutil
+
+    from trainer.recipe import describe_labels, fit_expert
+
+    more = {**TOPICS, "GRP_3": ["password reset for my account", "account locked after login attempts",
+                                "cannot log in to the portal", "mfa token lost"],
+            "GRP_9": ["new starter needs a laptop", "order a monitor for the new hire",
+                      "request software licence for visio", "purchase a headset"]}
+    taxonomy = parse_taxonomy({"name": "five", "fields": {"assignment_group": {"values": list(more)},
+                                                          "priority": {"values": ["High", "Low"]}}})
+    data = [{"text": f"{t} please", "labels": {"assignment_group": g, "priority": "Low"}}
+            for g, texts in more.items() for t in texts for _ in range(3)]
+    learnt = describe_labels(fit_expert(data, taxonomy), taxonomy)
+    # Only the long field is described (priority's two values speak for themselves), each value by its own words.
+    assert set(learnt) == {"assignment_group"} and set(learnt["assignment_group"]) == set(more)
+    for group, note in learnt["assignment_group"].items():
+        words = set(" ".join(more[group]).split())
+        assert note and all(set(term.split()) <= words | {"please"} for term in note.split(", "))
+    # Training and inference show them alike: build_examples' explicit prompt and the Triager's (read from the
+    # adapter folder), while an adapter without the file keeps its names-only prompt.
+    tok = tokenizer(cfg)
+    examples, _ = build_examples(data[:2], tok, taxonomy, TrainSettings.from_mapping(cfg["train"],
+                                                                                   explicit_fraction=1.0),
+                                 learnt=learnt)
+    codec = PromptCodec(tok, taxonomy, learnt=learnt)
+    assert learnt["assignment_group"]["GRP_12"] in codec.system
+    assert examples[0].input_ids[:len(codec.prefix_ids)] == codec.prefix_ids
+    adapter = tmp_path / "ad"
+    shutil.copytree(cfg.path(cfg["model"]["adapter"]), adapter)
+    plain = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), taxonomy, use_expert=False)
+    assert "GRP_12:" not in plain.codec.system
+    from triage_core.descriptions import save_descriptions
+
+    save_descriptions(adapter, learnt)
+    described = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), taxonomy, use_expert=False)
+    assert described.codec.system == codec.system

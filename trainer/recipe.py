@@ -1,8 +1,10 @@
 """The training recipe: LoRA adapter, lexical expert and calibrated pooling, fitted together into one folder.
 
     1. hold out a slice of the training records (the calibration fold; never the caller's test records);
-    2. train the LoRA adapter on the rest (trainer.train, restricted logit-adjusted loss);
-    3. fit the lexical expert on the same rest;
+    2. fit the lexical expert on the rest, and describe each value of a long enum field by its heaviest terms
+       (triage_core.descriptions: what an opaque group name stands for);
+    3. train the LoRA adapter on the same rest, those descriptions in its prompt (trainer.train, restricted
+       logit-adjusted loss);
     4. score the calibration fold with the LM alone and the expert alone, and fit the pooling weights, the
        temperature and the decision correction of each view on it (trainer.calibrate);
     5. refit the expert on every training record, and record the thresholds that gave 90% and 95% precision
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from triage_core.combine import VIEWS, Combination, FieldParams
+from triage_core.descriptions import LONG_LIST, LONG_TERMS, MIN_VALUES, TERMS
 from triage_core.lexical import ExpertError, LexicalExpert
 from triage_core.model import load_model, read_adapter_meta
 from triage_core.taxonomy import Taxonomy
@@ -62,19 +65,49 @@ def train_adapter(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapp
     fit_idx, cal_idx = calibration_split(len(records), settings.seed)
     fit = [records[i] for i in fit_idx]
     t0 = time.perf_counter()
-    result = train(fit, taxonomy, model_cfg, settings, out_dir, **train_kwargs)
-    lm_seconds = time.perf_counter() - t0
+    expert = fit_expert(fit, taxonomy) if lexical else None
+    learnt = describe_labels(expert, taxonomy) if expert is not None and settings.label_descriptions else None
+    lexical_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    result = train(fit, taxonomy, model_cfg, settings, out_dir, learnt=learnt, **train_kwargs)
+    lm_seconds = time.perf_counter() - t1
     recipe = fit_pooling(out_dir, taxonomy, model_cfg, fit, [records[i] for i in cal_idx], records,
-                         decoding=decoding, lexical=lexical)
+                         decoding=decoding, lexical=lexical, expert=expert)
     recipe.train, recipe.calibration_ids = result, list(cal_idx)
     recipe.seconds["lm"] = lm_seconds
+    recipe.seconds["lexical"] += lexical_seconds
     return recipe
+
+
+def fit_expert(records: Sequence[Record], taxonomy: Taxonomy) -> LexicalExpert | None:
+    """The lexical expert for every enum field, or None (logged) when the records cannot support one."""
+    try:
+        return LexicalExpert.fit([r["text"] for r in records], [r.get("labels", {}) for r in records],
+                                 [f.name for f in taxonomy.enum_fields], taxonomy.label_hash)
+    except ExpertError as exc:
+        log.warning("no lexical expert: %s", exc)
+        return None
+
+
+def describe_labels(expert: LexicalExpert, taxonomy: Taxonomy) -> dict[str, dict[str, str]]:
+    """Each value of a long, independent enum field described by the terms that set its tickets apart."""
+    out: dict[str, dict[str, str]] = {}
+    for f in taxonomy.enum_fields:
+        if f.parent or len(f.values) <= MIN_VALUES:
+            continue
+        k = TERMS if len(f.values) <= LONG_LIST else LONG_TERMS
+        terms = expert.distinctive_terms(f.name, k)
+        notes = {v: ", ".join(t) for v, t in terms.items() if t and v in f.values}
+        if notes:
+            out[f.name] = notes
+    return out
 
 
 def fit_pooling(adapter_dir: str | Path, taxonomy: Taxonomy, model_cfg: Mapping[str, Any], fit: Sequence[Record],
                 cal: Sequence[Record], everything: Sequence[Record], *, decoding: DecodingSettings | None = None,
-                lexical: bool = True) -> RecipeResult:
-    """Steps 3-5 for an adapter whose LM was trained on `fit`: the expert, the pooling, the thresholds.
+                lexical: bool = True, expert: LexicalExpert | None = None) -> RecipeResult:
+    """Steps 4-5 for an adapter whose LM was trained on `fit`: the pooling and the thresholds, and the expert
+    (fitted on `fit` here unless given).
 
     Also how an adapter trained before the recipe (the shipped one) gains its expert and calibration.
     """
@@ -82,14 +115,9 @@ def fit_pooling(adapter_dir: str | Path, taxonomy: Taxonomy, model_cfg: Mapping[
     seconds: dict[str, float] = {"lexical": 0.0}
     combination = Combination(priors=label_priors(everything, taxonomy))
     fields = [f.name for f in taxonomy.enum_fields]
-    expert = None
-    if lexical:
+    if lexical and expert is None:
         t1 = time.perf_counter()
-        try:
-            expert = LexicalExpert.fit([r["text"] for r in fit], [r.get("labels", {}) for r in fit], fields,
-                                       taxonomy.label_hash)
-        except ExpertError as exc:
-            log.warning("no lexical expert: %s", exc)
+        expert = fit_expert(fit, taxonomy)
         seconds["lexical"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     if cal:
@@ -99,8 +127,7 @@ def fit_pooling(adapter_dir: str | Path, taxonomy: Taxonomy, model_cfg: Mapping[
     seconds["calibration"] = time.perf_counter() - t2
     if expert is not None:
         t3 = time.perf_counter()
-        expert = LexicalExpert.fit([r["text"] for r in everything], [r.get("labels", {}) for r in everything],
-                                   fields, taxonomy.label_hash)
+        expert = fit_expert(everything, taxonomy) or expert
         expert.save(out_dir)
         seconds["lexical"] += time.perf_counter() - t3
     combination.save(out_dir)

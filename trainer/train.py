@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from triage_core.descriptions import DESCRIPTIONS_FILE, save_descriptions
 from triage_core.model import ADAPTER_META, LoadedModel, load_model
 from triage_core.prompt import PromptCodec
 from triage_core.taxonomy import Taxonomy
@@ -75,6 +76,9 @@ class TrainSettings:
     restricted_loss: bool = True
     # Logit adjustment of the restricted loss: tau * log prior(value) added to each value's score.
     prior_tau: float = 1.0
+    # Describe each value of a long enum field by its training tickets' distinctive terms, in the explicit prompt
+    # (the recipe derives them from the lexical expert; triage_core.descriptions).
+    label_descriptions: bool = True
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "TrainSettings":
@@ -123,12 +127,14 @@ def data_hash(records: Sequence[Record]) -> str:
 
 
 def build_examples(records: Sequence[Record], tokenizer: Any, taxonomy: Taxonomy, settings: TrainSettings,
-                   instructions: Sequence[str] = ()) -> tuple[list[Example], int]:
+                   instructions: Sequence[str] = (),
+                   learnt: Mapping[str, Mapping[str, str]] | None = None) -> tuple[list[Example], int]:
     """Token ids and loss labels for each complete record; records missing a field are skipped (counted), or with
-    `settings.partial_labels` trained with the missing fields masked out of the loss."""
+    `settings.partial_labels` trained with the missing fields masked out of the loss. `learnt` label descriptions
+    go into the explicit prompt, as the Triager shows them."""
     rng = random.Random(settings.seed)
     priors = label_priors(records, taxonomy)
-    explicit = PromptCodec(tokenizer, taxonomy)
+    explicit = PromptCodec(tokenizer, taxonomy, learnt=learnt)
     rotated = [PromptCodec(tokenizer, taxonomy, system=s) for s in instructions]
     examples, skipped = [], 0
     for record in records:
@@ -344,8 +350,10 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
           out_dir: str | Path, *, name: str | None = None, version: str | None = None,
           init_adapter: str | Path | None = None, resume: bool = False,
           instructions: Sequence[str] = (), progress: bool = True, tensorboard: bool = True,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train a LoRA adapter on `records` and save it, with its metadata, into `out_dir`."""
+          on_step: Callable[[int, float], None] | None = None,
+          learnt: Mapping[str, Mapping[str, str]] | None = None) -> TrainResult:
+    """Train a LoRA adapter on `records` and save it, with its metadata (and the `learnt` label descriptions its
+    prompt showed), into `out_dir`."""
     from peft import set_peft_model_state_dict
     from tqdm import tqdm
 
@@ -354,7 +362,7 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
     random.seed(settings.seed)
     loaded = prepare_model(model_cfg, settings, init_adapter, taxonomy.label_hash)
     model, tok = loaded.model, loaded.tokenizer
-    examples, skipped = build_examples(records, tok, taxonomy, settings, instructions)
+    examples, skipped = build_examples(records, tok, taxonomy, settings, instructions, learnt)
     if not examples:
         raise TrainingError(f"no usable training records ({skipped} skipped: missing fields or labels outside "
                             "the taxonomy)")
@@ -447,6 +455,9 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     _shrink(out_dir / "adapter_model.safetensors")
+    (out_dir / DESCRIPTIONS_FILE).unlink(missing_ok=True)  # a re-trained folder must not keep stale ones
+    if learnt:
+        save_descriptions(out_dir, learnt)
     meta = {
         "name": name or out_dir.name,
         "version": version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
@@ -459,6 +470,7 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
         "data": {"hash": data_hash(records), "records": len(records), "examples": len(examples),
                  "skipped": skipped},
         "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "label_descriptions": sorted(learnt or {}),
         "training": {"steps": total_steps, "seconds": round(seconds, 1), "train_tokens": tokens,
                      "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
                      "final_loss": round(loss_value, 4)},

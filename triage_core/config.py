@@ -126,6 +126,8 @@ DEFAULTS: dict[str, Any] = {
         # Enum fields: cross-entropy over the allowed values, logit-adjusted by prior_tau * log prior.
         "restricted_loss": True,
         "prior_tau": 1.0,
+        # Long enum fields: each value described by its training tickets' distinctive terms, in the prompt.
+        "label_descriptions": True,
     },
     "retrain": {
         # Nightly retraining inside the daemon (APScheduler cron, the daemon's local time zone).

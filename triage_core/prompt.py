@@ -5,6 +5,8 @@ values), then the ticket as the user message. The system turn never changes, so 
 Field descriptions are always shown; value descriptions only for short lists (at most `VALUE_DESCRIPTION_LIMIT`
 values, such as priority), where they carry the meaning. Long lists stay names only: that keeps the prompt at
 about half the tokens, which every decode step attends over and every explicit training example pays for.
+An adapter may carry descriptions learnt from its training tickets (triage_core.descriptions): those fields list
+every value with its description, since there the names alone say nothing.
 
 The answer is laid out as alternating segments: JSON punctuation with key names (`{"summary": "`,
 `", "category": "`, ..., `"}`) and values. Each segment is tokenized on its own, and training tokenizes the
@@ -25,8 +27,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BLANK_RUNS = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
 
 
-def system_prompt(taxonomy: Taxonomy) -> str:
-    """The explicit-schema instruction: every field, in order, with its allowed values."""
+def system_prompt(taxonomy: Taxonomy, learnt: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The explicit-schema instruction: every field, in order, with its allowed values (and `learnt`
+    descriptions of them, where the adapter has some)."""
+    learnt = learnt or {}
     lines = [
         "You triage IT service desk tickets. Read the ticket and answer with one JSON object that has exactly "
         "these fields, in this order:"
@@ -44,10 +48,12 @@ def system_prompt(taxonomy: Taxonomy) -> str:
             for parent_value, values in f.children.items():
                 lines.append(f"  {parent_value}: {', '.join(values)}")
             continue
-        if f.value_descriptions and len(f.values) <= VALUE_DESCRIPTION_LIMIT:
+        own = f.value_descriptions if len(f.values) <= VALUE_DESCRIPTION_LIMIT else {}
+        notes = {**learnt.get(f.name, {}), **own}
+        if notes:
             lines.append(f"{head}: one of")
             for v in f.values:
-                d = f.value_descriptions.get(v)
+                d = notes.get(v)
                 lines.append(f"  {v}: {d}" if d else f"  {v}")
         else:
             lines.append(f"{head}: one of {', '.join(f.values)}")
@@ -76,10 +82,11 @@ class EncodedTicket:
 class PromptCodec:
     """Turns tickets and answers into token ids for one tokenizer, taxonomy and system prompt."""
 
-    def __init__(self, tokenizer: Any, taxonomy: Taxonomy, system: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, taxonomy: Taxonomy, system: str | None = None,
+                 learnt: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.taxonomy = taxonomy
-        self.system = system if system is not None else system_prompt(taxonomy)
+        self.system = system if system is not None else system_prompt(taxonomy, learnt)
         prefix, head, tail = self._split_template(self.system)
         self.prefix_ids = self.encode(prefix)
         self.head_ids = self.encode(head)

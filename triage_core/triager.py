@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 from .combine import VIEWS, Combination, pool
 from .config import Config, load_config
 from .decoding import DecodedFields, SchemaDecoder
+from .descriptions import load_descriptions
 from .lexical import ExpertError, LexicalExpert
 from .model import LoadedModel, ModelError, load_model
 from .prompt import PromptCodec
@@ -81,7 +82,12 @@ class Triager:
         self.loaded = loaded
         self.taxonomy = taxonomy
         self.settings = settings or DecodingSettings()
-        self.codec = PromptCodec(loaded.tokenizer, taxonomy)
+        # The LM reads the label descriptions it was trained with (none for adapters trained without them).
+        try:
+            learnt = load_descriptions(loaded.adapter_dir)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model.adapter: {exc}") from None
+        self.codec = PromptCodec(loaded.tokenizer, taxonomy, learnt=learnt)
         # An adapter trained with the restricted loss is scored the same way (trainer.train).
         restricted = bool(loaded.adapter_meta.get("hyperparameters", {}).get("restricted_loss"))
         self.decoder = SchemaDecoder(loaded.model, self.codec, summary_max_tokens=self.settings.summary_max_tokens,
