@@ -16,6 +16,9 @@ Tasks (../shared/data):
     python bench/accuracy.py [--tasks endava,multi] [--sizes 250,500,1000,all] [--seeds 1,2,3] [--test-n 300]
                              [--data-dir ../shared/data] [--out bench-accuracy.jsonl]
     python bench/accuracy.py --shipped [--shipped-n 200 --shipped-seed 101]
+    python bench/accuracy.py --set train.label_descriptions=false --variant no-descriptions   # an ablation
+
+Runs append to `--out`; a (task, seed, size, variant) already there is skipped, so an interrupted grid resumes.
 
 `--shipped` checks the shipped adapter instead: fresh synthetic tickets from a seed it never saw, against the SVM
 trained on the synthetic records the adapter was trained on (`make adapter`'s generate, seed 13).
@@ -121,6 +124,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-accuracy.jsonl"), help="one JSON line per run")
     ap.add_argument("--max-ticket-tokens", type=int, default=0,
                     help="decoding.max_ticket_tokens for this run (0: the config's)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a setting for this run's training and triage (TRIAGE_SECTION_KEY), e.g. for an ablation")
+    ap.add_argument("--variant", default="default", help="the name this run's rows carry (ablations)")
     ap.add_argument("--shipped", action="store_true", help="check the shipped adapter on fresh synthetic tickets")
     ap.add_argument("--shipped-n", type=int, default=200)
     ap.add_argument("--shipped-seed", type=int, default=101)
@@ -137,6 +143,12 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     if args.max_ticket_tokens:
         env["TRIAGE_DECODING_MAX_TICKET_TOKENS"] = str(args.max_ticket_tokens)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        env["TRIAGE_" + key.replace(".", "_").upper()] = value
+    args.done = done_runs(args.out)
     with tempfile.TemporaryDirectory() as tmp_name, args.out.open("a", encoding="utf-8") as out:
         tmp = Path(tmp_name)
         for task in tasks:
@@ -162,15 +174,28 @@ def run_task(task: str, args, env: dict, tmp: Path, out) -> None:
         test, pool = shuffled[: args.test_n], shuffled[args.test_n :]
         for size_arg in args.sizes.split(","):
             size = len(pool) if size_arg == "all" else int(size_arg)
-            if size > len(pool):
+            if size > len(pool) or (task, seed, size, args.variant) in args.done:
                 continue
             row = run_size(env, tmp, tax, pool[:size], test, f"{task}-{seed}-{size}")
-            row.update(task=task, seed=seed, size=size, size_arg=size_arg, test_n=len(test))
+            row.update(task=task, seed=seed, size=size, size_arg=size_arg, test_n=len(test), variant=args.variant,
+                       settings=args.set, commit=_commit())
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(f"{task} seed {seed} size {size}: " + "; ".join(
                 f"{n}: " + ", ".join(f"{w} {m['macro_f1']:.3f}" for w, m in f.items())
                 for n, f in row["fields"].items()), file=sys.stderr, flush=True)
+
+
+def done_runs(path: Path) -> set[tuple]:
+    if not path.is_file():
+        return set()
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {(r["task"], r["seed"], r["size"], r.get("variant", "default")) for r in rows}
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def shipped(args) -> None:
@@ -200,11 +225,11 @@ def print_table(path: Path) -> None:
     groups: dict[tuple, list] = {}
     for r in rows:
         for name, f in r["fields"].items():
-            groups.setdefault((r["task"], name, r["size"]), []).append((r, f))
-    print("| task | field | size | seeds | " + " | ".join(f"{s} F1 (acc)" for s in SYSTEMS)
+            groups.setdefault((r["task"], r.get("variant", "default"), name, r["size"]), []).append((r, f))
+    print("| task | variant | field | size | seeds | " + " | ".join(f"{s} F1 (acc)" for s in SYSTEMS)
           + " | model ECE | coverage at 95% | train s |")
-    print("|---|---|---|---|" + "---|" * (len(SYSTEMS) + 3))
-    for (task, name, size), items in sorted(groups.items()):
+    print("|---|---|---|---|---|" + "---|" * (len(SYSTEMS) + 3))
+    for (task, variant, name, size), items in sorted(groups.items()):
         cells = []
         for s in SYSTEMS:
             vals = [f[s] for _, f in items if s in f]
@@ -219,7 +244,7 @@ def print_table(path: Path) -> None:
         ece = statistics.mean(m.get("ece", float("nan")) for m in model)
         cov = statistics.mean(m.get("coverage_at_95", {}).get("coverage", 0.0) for m in model)
         train_s = statistics.mean(r["train_s"] for r, _ in items)
-        print(f"| {task} | {name} | {size} | {len(items)} | " + " | ".join(cells)
+        print(f"| {task} | {variant} | {name} | {size} | {len(items)} | " + " | ".join(cells)
               + f" | {ece:.3f} | {cov:.2f} | {train_s:.0f} |")
 
 
