@@ -271,6 +271,8 @@ def test_opaque_labels_are_described_by_their_own_tickets_in_the_prompt(cfg, tmp
     assert examples[0].input_ids[:len(codec.prefix_ids)] == codec.prefix_ids
     adapter = tmp_path / "ad"
     shutil.copytree(cfg.path(cfg["model"]["adapter"]), adapter)
+    meta = json.loads((adapter / "triage_adapter.json").read_text())
+    (adapter / "triage_adapter.json").write_text(json.dumps({**meta, "taxonomy_hash": taxonomy.label_hash}))
     plain = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), taxonomy, use_expert=False)
     assert "GRP_12:" not in plain.codec.system
     from triage_core.descriptions import save_descriptions
@@ -278,3 +280,6 @@ def test_opaque_labels_are_described_by_their_own_tickets_in_the_prompt(cfg, tmp
     save_descriptions(adapter, learnt)
     described = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), taxonomy, use_expert=False)
     assert described.codec.system == codec.system
+    # Pointed at another taxonomy (zero-shot), the adapter's own descriptions do not apply.
+    other = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), TAXONOMY, use_expert=False)
+    assert other.codec.system == PromptCodec(tok, TAXONOMY).system

@@ -82,9 +82,12 @@ class Triager:
         self.loaded = loaded
         self.taxonomy = taxonomy
         self.settings = settings or DecodingSettings()
+        # What the recipe fitted for the adapter's own labels (descriptions, expert, pooling) applies to that
+        # taxonomy only; the base LM with its adapter may still be pointed at another one (zero-shot).
+        own = loaded.adapter_meta.get("taxonomy_hash") in (None, taxonomy.label_hash)
         # The LM reads the label descriptions it was trained with (none for adapters trained without them).
         try:
-            learnt = load_descriptions(loaded.adapter_dir)
+            learnt = load_descriptions(loaded.adapter_dir) if own else {}
         except (OSError, ValueError) as exc:
             raise ModelError(f"model.adapter: {exc}") from None
         self.codec = PromptCodec(loaded.tokenizer, taxonomy, learnt=learnt)
@@ -94,7 +97,7 @@ class Triager:
                                      lookup_tokens=self.settings.lookup_tokens, restricted=restricted)
         self.expert: LexicalExpert | None = None
         self.combination = Combination()
-        if loaded.adapter_dir and use_expert:
+        if loaded.adapter_dir and use_expert and own:
             try:
                 self.expert = LexicalExpert.load(loaded.adapter_dir, taxonomy.label_hash)
                 self.combination = Combination.load(loaded.adapter_dir) or Combination()
