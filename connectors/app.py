@@ -239,6 +239,9 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
 
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
+    from .console import init_console  # the review console at /console (console.enabled)
+
+    init_console(app, ctx, config, env)
     return app
 
 

@@ -154,7 +154,7 @@ def test_db_upgrade_creates_the_schema_and_a_rerun_is_a_noop(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert f"database sqlite:///{path} is at the newest version" in proc.stdout
         with sqlite3.connect(path) as db:
-            assert db.execute("select version_num from alembic_version").fetchall() == [("0003",)]
+            assert db.execute("select version_num from alembic_version").fetchall() == [("0004",)]
             tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
         assert {"inbound_events", "jobs", "triage_results", "writebacks", "corrections", "model_versions",
                 "retrain_runs", "connector_cursors"} <= tables

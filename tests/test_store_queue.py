@@ -123,7 +123,7 @@ def test_migrations_create_exactly_the_orm_schema_and_rerun_is_a_noop(tmp_path):
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     Base.metadata) == []
             before = conn.execute(text("SELECT type, name, sql FROM sqlite_master ORDER BY name")).all()
-        assert store.current_revision() == "0003"
+        assert store.current_revision() == "0004"
         store.upgrade()
         store.upgrade()
         with store.engine.connect() as conn:

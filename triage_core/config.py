@@ -159,6 +159,26 @@ DEFAULTS: dict[str, Any] = {
         # The lock expires after this long if its holder dies.
         "lock_hours": 6.0,
     },
+    "console": {
+        # The review console at /console (queue, dashboard, try-it box), served by the daemon.
+        "enabled": True,
+        # Log in as "admin" with the token in this environment variable (never from this file)...
+        "admin_token_env": "TRIAGE_CONSOLE_TOKEN",
+        # ...or as one of these users: name -> werkzeug password hash (generate_password_hash).
+        "users": {},
+        # The key that signs session cookies (derived from the admin token when unset; random per process without
+        # either, so sessions end at a restart and do not carry across processes).
+        "secret_key_env": "TRIAGE_CONSOLE_SECRET_KEY",
+        # Mark the session cookie Secure: set true when the console is served over TLS (behind a proxy).
+        "secure_cookie": False,
+        "session_hours": 12.0,
+        # Similar past tickets shown per ticket, and how often their TF-IDF index is rebuilt.
+        "similar_tickets": 5,
+        "similar_refresh_seconds": 60.0,
+        "queue_page_size": 50,
+        # The dashboard's window.
+        "dashboard_days": 30,
+    },
 }
 
 
@@ -369,6 +389,9 @@ RANGES: tuple[tuple[str, float | None, float | None], ...] = (
     ("retrain.lookback_days", 1, None), ("retrain.holdout_fraction", 0, 0.9), ("retrain.min_holdout", 1, None),
     ("retrain.min_records", 1, None), ("retrain.margin", -1, 1), ("retrain.max_steps", 0, None),
     ("retrain.epochs", 0, None), ("retrain.threads", 1, None), ("retrain.lock_hours", 0.01, None),
+    ("console.session_hours", 0.01, None), ("console.similar_tickets", 0, 50),
+    ("console.similar_refresh_seconds", 0, None), ("console.queue_page_size", 1, 1000),
+    ("console.dashboard_days", 1, 3660),
 )
 
 

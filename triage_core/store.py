@@ -146,6 +146,8 @@ class TriageResultRow(Base):
     model_adapter: Mapped[str | None] = mapped_column(String(255))
     latency_ms: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Each enum field's values ranked by probability, and the model that scored them (the review console).
+    alternatives: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Writeback(Base):
@@ -189,6 +191,9 @@ class Correction(Base):
     result_id: Mapped[int | None] = mapped_column(ForeignKey("triage_results.id", ondelete="SET NULL"),
                                                   index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who decided (a console user), and the console decision: accept | correct | dismiss (NULL: an ITSM edit).
+    actor: Mapped[str | None] = mapped_column(String(255))
+    decision: Mapped[str | None] = mapped_column(String(16))
 
 
 class ModelVersion(Base):

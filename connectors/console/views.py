@@ -1,0 +1,144 @@
+"""The console's pages (a Flask blueprint mounted at /console).
+
+Every page but the log-in page needs a logged-in session; an anonymous request is redirected to the log-in page
+(with where it was going, a path under /console only). Every POST carries the session's CSRF token or is refused
+with 400 before its view runs. Ticket text is attacker-controlled: templates autoescape it, and the pages send a
+Content-Security-Policy that allows no inline script and nothing from another origin.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for)
+from werkzeug.exceptions import HTTPException
+
+from .auth import CSRF_FIELD, csrf_ok, new_csrf_token
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("console", __name__, template_folder="templates", static_folder="static",
+                      static_url_path="/static")
+
+#: Endpoints reachable without a session.
+PUBLIC = {"console.login", "console.static"}
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'")
+
+
+def state() -> dict[str, Any]:
+    return current_app.extensions["triage_console"]
+
+
+def csrf_token() -> str:
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = new_csrf_token()
+    return token
+
+
+@blueprint.app_template_global("csrf_field_name")
+def _csrf_field_name() -> str:
+    return CSRF_FIELD
+
+
+@blueprint.app_template_global("console_has")
+def _console_has(endpoint: str) -> bool:
+    return endpoint in current_app.view_functions
+
+
+@blueprint.app_template_global("csrf_token")
+def _csrf_token() -> str:
+    return csrf_token()
+
+
+@blueprint.before_request
+def guard():
+    if request.method == "POST" and request.endpoint != "console.static":
+        if not csrf_ok(session.get("csrf"), request.form.get(CSRF_FIELD)):
+            log.info("console: %s %s refused: CSRF token missing or wrong", request.method, request.path)
+            abort(400, "The form's security token is missing or out of date. Go back, reload the page and try "
+                       "again.")
+    if request.endpoint in PUBLIC:
+        return None
+    user = session.get("user")
+    if not user:
+        return redirect(url_for("console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+    g.user = user
+    return None
+
+
+@blueprint.after_request
+def headers(response):
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "console.static":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(exc: HTTPException):
+    return render_template("console/error.html", code=exc.code, name=exc.name,
+                           message=exc.description), exc.code or 500
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after log-in: a path under /console on this site, else the queue."""
+    prefix = url_for("console.index")
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith(prefix) and not target.startswith("//") \
+                and "\\" not in target:
+            return target
+    return url_for("console.queue")
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+def login():
+    st = state()
+    if request.method == "GET":
+        csrf_token()
+        return render_template("console/login.html", next=request.args.get("next", ""),
+                               configured=st["accounts"].any)
+    address = request.remote_addr or "?"
+    if st["brake"].blocked(address):
+        return render_template("console/login.html", next="", configured=True, failed=True,
+                               message="Too many failed log-ins from this address; wait a few minutes."), 429
+    user = st["accounts"].check(request.form.get("username", ""), request.form.get("password", ""))
+    if user is None:
+        st["brake"].failed(address)
+        log.info("console: failed log-in from %s", address)
+        return render_template("console/login.html", next=request.form.get("next", ""), configured=st["accounts"].any,
+                               failed=True, message="Wrong user name or password."), 401
+    st["brake"].succeeded(address)
+    target = _safe_next(request.form.get("next"))
+    session.clear()  # a new session on log-in: nothing from before it carries over (no fixation)
+    session.permanent = True
+    session["user"] = user
+    session["csrf"] = new_csrf_token()
+    log.info("console: %s logged in from %s", user, address)
+    return redirect(target)
+
+
+@blueprint.post("/logout")
+def logout():
+    user = session.get("user")
+    session.clear()
+    log.info("console: %s logged out", user)
+    flash("You are logged out.")
+    return redirect(url_for("console.login"))
+
+
+@blueprint.get("/")
+def index():
+    return redirect(url_for("console.queue"))
+
+
+@blueprint.get("/queue")
+def queue():
+    return render_template("console/queue.html", page=None)
