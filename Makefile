@@ -26,7 +26,19 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed .dev-secrets
 	. ./.dev-secrets && exec $(VENV)/bin/ticket-triage serve
 
+# The store, queue, lock and registry tests run on SQLite and on PostgreSQL: $$TRIAGE_TEST_POSTGRES_URL, or a
+# throwaway cluster of Debian's binaries (tests/conftest.py). Without PostgreSQL those cases are skipped (in CI,
+# with $$CI set, they fail).
 test: $(VENV)/.installed
+	@if [ -n "$${TRIAGE_TEST_POSTGRES_URL:-}" ]; then \
+		echo "PostgreSQL: the tests use TRIAGE_TEST_POSTGRES_URL ($${TRIAGE_TEST_POSTGRES_URL##*@})"; \
+	elif pg=$$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1) \
+			&& [ -n "$$pg" ]; then \
+		echo "PostgreSQL: found ($$pg): the store and queue tests also run on a throwaway cluster"; \
+	else \
+		echo "PostgreSQL: NOT FOUND (no initdb on PATH or in /usr/lib/postgresql/*/bin): its tests are skipped;" \
+			"apt-get install postgresql, or set TRIAGE_TEST_POSTGRES_URL"; \
+	fi
 	$(VENV)/bin/pytest -q
 
 bench: $(VENV)/.installed

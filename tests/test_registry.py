@@ -1,4 +1,5 @@
-"""The model registry and the retraining lock, on a real SQLite file shared by two Store objects (two instances)."""
+"""The model registry and the retraining lock, on a real SQLite file and a real PostgreSQL database, each shared by
+two Store objects (two instances)."""
 from __future__ import annotations
 
 import time
@@ -10,10 +11,12 @@ from triage_core.store import Store
 
 
 @pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'reg.db'}"
-    Store(url).upgrade()
-    return url
+def url(db_url):
+    """A migrated database: a SQLite file, then PostgreSQL (conftest.py's `db_url`)."""
+    store = Store(db_url)
+    store.upgrade()
+    store.dispose()
+    return db_url
 
 
 def test_promote_and_rollback_walk_back_through_champions(url):

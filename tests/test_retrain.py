@@ -51,9 +51,9 @@ def closed(taxonomy, n=24, seed=5):
     return out
 
 
-def settings(tmp_path, **retrain):
+def settings(tmp_path, url=None, **retrain):
     return load_config(env={}, overrides={
-        "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+        "database": {"url": url or f"sqlite:///{tmp_path / 'triage.db'}"},
         "train": {"batch_size": 2, "max_length": 256},
         "retrain": {"max_steps": 2, "min_records": 10, "min_holdout": 4, "holdout_fraction": 0.25,
                     "output_dir": str(tmp_path / "runs"), "synthetic_per_label": 0, "threads": 1, **retrain}})
@@ -109,8 +109,8 @@ def test_corrections_become_training_records(tmp_path):
     assert corrected_records(store, datetime.now(timezone.utc) + timedelta(seconds=5)) == []
 
 
-def test_dry_run_reports_and_stores_redacted_data_and_the_lock_stops_a_second_run(tmp_path, taxonomy):
-    config = settings(tmp_path)
+def test_dry_run_reports_and_stores_redacted_data_and_the_lock_stops_a_second_run(tmp_path, taxonomy, db_url):
+    config = settings(tmp_path, url=db_url)
     store = Store(config["database"]["url"])
     store.upgrade()
     source = ClosedSource(closed(taxonomy))

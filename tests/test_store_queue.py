@@ -1,11 +1,10 @@
-"""The store and the durable queue, on real SQLite files (and PostgreSQL when TRIAGE_TEST_POSTGRES_URL is set).
+"""The store and the durable queue, on real SQLite files and a real PostgreSQL database (conftest.py's `db_url`).
 
 No model is loaded here; time is moved with a fake clock instead of sleeping.
 """
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 from datetime import datetime, timezone
 
@@ -15,7 +14,6 @@ from sqlalchemy import create_engine, inspect, text
 from triage_core.queue import InboundTicket, JobQueue, LeaseLost, truncate_error
 from triage_core.store import Base, Store, upgrade
 
-PG_URL = os.environ.get("TRIAGE_TEST_POSTGRES_URL")
 T0 = 1_700_000_000.0
 
 
@@ -37,22 +35,7 @@ def ticket(ref: str = "T-1", key: str = "d-1", **kw) -> InboundTicket:
                          text=kw.pop("text", f"VPN drops for {ref}"), **kw)
 
 
-def _clean_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        Base.metadata.drop_all(conn)
-        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
-
-
-# The queue tests run on SQLite files, and on PostgreSQL too when TRIAGE_TEST_POSTGRES_URL names a scratch
-# database (postgresql+psycopg://user@host/db; its tables are dropped and recreated).
-@pytest.fixture(params=["sqlite"] + (["postgresql"] if PG_URL else []))
-def db_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'triage.db'}"
-    _clean_postgres(PG_URL)
-    return PG_URL
+# `db_url` (conftest.py): each of these tests runs on a fresh SQLite file and on an empty PostgreSQL database.
 
 
 @pytest.fixture
@@ -152,17 +135,17 @@ def test_migrations_render_for_postgresql():
     assert "CREATE INDEX ix_jobs_state_next_attempt_at ON jobs (state, next_attempt_at)" in sql
 
 
-@pytest.mark.skipif(not PG_URL, reason="set TRIAGE_TEST_POSTGRES_URL=postgresql+psycopg://... to run")
-def test_postgresql_schema_matches_the_orm():
+@pytest.mark.postgres
+def test_postgresql_schema_matches_the_orm(postgres_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    _clean_postgres(PG_URL)
+    PG_URL = postgres_url
     upgrade(PG_URL)
     upgrade(PG_URL)
     store = Store(PG_URL)
     try:
-        assert store.current_revision() == "0003" and store.ping()
+        assert store.current_revision() == "0004" and store.ping()
         with store.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     Base.metadata) == []
