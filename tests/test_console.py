@@ -237,3 +237,180 @@ def test_console_settings_are_checked_at_start(tmp_path, taxonomy):
         assert app.test_client().get("/console/login").status_code == 404
     finally:
         close()
+
+
+# --- 2. the review queue, a ticket, decisions -----------------------------------------------------------------
+
+HELD = {"category": "Network", "subcategory": "VPN", "priority": "Low", "assignment_group": "Network Operations",
+        "request_type": "Incident"}
+
+
+def seed(app, ref: str, text: str, *, fields=None, confidence=None, outcome="applied", needs_review=True,
+         callback_url=None, current=None, connector="generic") -> int:
+    """A ticket as the worker leaves it: event, job (done), result, and the write-back the policy decided."""
+    ctx = app.extensions["triage"]
+    fields = {"summary": text[:30], **(fields or HELD)}
+    confidence = confidence or {"category": 0.97, "subcategory": 0.91, "priority": 0.31, "assignment_group": 0.88,
+                                "request_type": 0.99}
+    sub = ctx.queue.submit(InboundTicket(connector=connector, ref=ref, event_key=f"ev-{ref}", text=text,
+                                         callback_url=callback_url, current=current or {}))
+    result_id = ctx.store.record_result(sub.job_id, connector, ref, fields, confidence,
+                                        {"base": "stub-base", "adapter": "stub-it@1"}, 5)
+    sent = {k: v for k, v in fields.items() if k == "summary" or confidence.get(k, 1) >= 0.5}
+    ctx.store.record_writeback(sub.job_id, result_id, connector, ref, outcome, sent, {}, needs_review,
+                               "note", vendor_status=200 if outcome == "applied" else None)
+    return result_id
+
+
+def corrections(app, ref: str) -> list[Correction]:
+    with app.extensions["triage"].store.session(readonly=True) as s:
+        return list(s.query(Correction).filter(Correction.ticket_ref == ref).order_by(Correction.id))
+
+
+def logged_in(app, *who):
+    client = app.test_client()
+    assert login(client, *who).status_code == 302
+    return client
+
+
+def decide(client, result_id: int, decision: str, **values):
+    page = client.get(f"/console/tickets/{result_id}")
+    data = {"csrf_token": csrf_of(page.get_data(as_text=True)), "decision": decision,
+            **{f"value_{k}": v for k, v in values.items()}}
+    return client.post(f"/console/tickets/{result_id}/decide", data=data)
+
+
+def test_the_queue_lists_held_tickets_newest_first_with_filters(console, receiver):
+    a = seed(console, "Q-1", "VPN drops every few minutes", callback_url=receiver.url)
+    seed(console, "Q-2", "All fine, applied", needs_review=False, confidence={k: 0.99 for k in HELD})
+    c = seed(console, "Q-3", "Printer jams on floor 2", outcome="shadow", needs_review=False,
+             confidence={**{k: 0.99 for k in HELD}, "assignment_group": 0.2})
+    client = logged_in(console)
+    html = client.get("/console/queue").get_data(as_text=True)
+    assert html.index(">Q-3<") < html.index(">Q-1<") and ">Q-2<" not in html
+    assert "shadow" in html
+    only_priority = client.get("/console/queue?field=priority").get_data(as_text=True)
+    assert ">Q-1<" in only_priority and ">Q-3<" not in only_priority
+    assert ">Q-3<" in client.get("/console/queue?field=assignment_group").get_data(as_text=True)
+    assert "Nothing waiting" in client.get("/console/queue?connector=jira").get_data(as_text=True)
+    assert ">Q-1<" in client.get("/console/queue?model=stub-it@1").get_data(as_text=True)
+    assert "Nothing waiting" in client.get("/console/queue?model=other@9").get_data(as_text=True)
+    assert client.get("/console/queue?field=nope").status_code == 400
+    assert {a, c} <= {int(x) for x in re.findall(r"/console/tickets/(\d+)", html)}
+
+
+def test_ticket_page_escapes_text_and_shows_confidences_alternatives_and_similar_tickets(console):
+    evil = 'VPN <script>alert("x")</script> drops <img src=x onerror=alert(1)> again'
+    rid = seed(console, "X-1", evil)
+    seed(console, "X-2", "The VPN drops again for the sales team", needs_review=False)
+    client = logged_in(console)
+    page = client.get(f"/console/tickets/{rid}")
+    html = page.get_data(as_text=True)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert "31.0%" in html  # priority's confidence, under its 50% threshold
+    assert "needs review: priority" in html
+    # ranked alternatives, scored once by the serving model and stored with the result
+    stub = console.extensions["triage"].triager
+    assert len(stub.calls) == 1
+    with console.extensions["triage"].store.session(readonly=True) as s:
+        alts = s.get(TriageResultRow, rid).alternatives
+    assert alts["model"]["adapter"] == "stub-it@1" and alts["fields"]["category"][0] == ["Network", 0.55]
+    assert [v for v, _ in alts["fields"]["priority"]][:2] == ["Low", "Medium"]
+    client.get(f"/console/tickets/{rid}")
+    assert len(stub.calls) == 1  # stored: not scored again
+    # the most similar past ticket, with its final labels
+    assert "X-2" in html[html.index('id="similar"'):]
+    assert client.get("/console/tickets/999999").status_code == 404
+
+
+def test_correct_writes_back_through_the_connector_and_stores_who_decided(console, receiver):
+    rid = seed(console, "C-1", "VPN drops every few minutes", callback_url=receiver.url)
+    client = logged_in(console, "alice", ALICE_PASSWORD)
+    r = decide(client, rid, "correct", category="Network", subcategory="Wi-Fi", priority="High",
+               assignment_group="Network Operations", request_type="Incident")
+    assert r.status_code == 302
+    page = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert "Corrected: written to the ticket" in page
+    # one ordinary update, signed like every write-back, with the fields the ticket did not carry yet
+    [body] = receiver.bodies
+    assert body["id"] == "C-1" and body["ticket"] == {"category": "Network", "subcategory": "Wi-Fi",
+                                                      "priority": "High"}
+    assert body["needs_review"] is False and "console by alice" in body["note"]
+    got = {c.field: (c.old_value, c.new_value, c.actor, c.decision) for c in corrections(console, "C-1")}
+    assert got == {"category": ("Network", "Network", "alice", "correct"),
+                   "subcategory": ("VPN", "Wi-Fi", "alice", "correct"),
+                   "priority": ("Low", "High", "alice", "correct"),
+                   "assignment_group": ("Network Operations", "Network Operations", "alice", "correct"),
+                   "request_type": ("Incident", "Incident", "alice", "correct")}
+    # the write-back is recorded, so a later edit in the ITSM is measured against what the console wrote
+    assert console.extensions["triage"].store.written_value("generic", "C-1", "priority") == (rid, "High")
+    assert "Nothing waiting" in client.get("/console/queue").get_data(as_text=True)
+    assert ">C-1<" in client.get("/console/queue?decided=1").get_data(as_text=True)
+    # decided once: a second decision is refused and nothing more is written
+    again = decide(client, rid, "accept")
+    assert "already decided" in client.get(again.headers["Location"]).get_data(as_text=True)
+    assert len(receiver.bodies) == 1 and len(corrections(console, "C-1")) == 5
+    # nightly retraining gathers the human's labels
+    from trainer.retrain import corrected_records
+
+    [record] = corrected_records(console.extensions["triage"].store, None)
+    assert record["labels"]["subcategory"] == "Wi-Fi" and record["labels"]["priority"] == "High"
+
+
+def test_only_valid_combinations_are_offered_and_accepted(console, receiver):
+    rid = seed(console, "V-1", "VPN drops", callback_url=receiver.url)
+    client = logged_in(console)
+    html = client.get(f"/console/tickets/{rid}").get_data(as_text=True)
+    select = html[html.index('id="value_subcategory"'):html.index("</select>", html.index('id="value_subcategory"'))]
+    assert 'data-parent-id="value_category"' in select
+    assert '<option value="Phishing" data-under="Security"' in select  # each option names its category
+    r = decide(client, rid, "correct", category="Hardware", subcategory="VPN")
+    assert "&#39;VPN&#39; is not under category &#39;Hardware&#39;" in client.get(r.headers["Location"]).get_data(
+        as_text=True)
+    r = decide(client, rid, "correct", priority="Urgent")
+    assert "is not an allowed value" in client.get(r.headers["Location"]).get_data(as_text=True)
+    assert receiver.bodies == [] and corrections(console, "V-1") == []
+
+
+def test_accept_writes_the_held_fields_and_dismiss_writes_nothing(console, receiver):
+    a = seed(console, "A-1", "VPN drops", callback_url=receiver.url)
+    d = seed(console, "D-1", "Lunch menu for Friday", callback_url=receiver.url)
+    client = logged_in(console)
+    decide(client, a, "accept")
+    [body] = receiver.bodies
+    assert body["ticket"] == {"priority": "Low"}  # the rest was written when it was triaged
+    assert {c.new_value for c in corrections(console, "A-1") if c.field == "priority"} == {"Low"}
+    assert {c.decision for c in corrections(console, "A-1")} == {"accept"}
+    decide(client, d, "dismiss")
+    assert len(receiver.bodies) == 1
+    dismissed = corrections(console, "D-1")
+    assert {(c.decision, c.new_value, c.actor) for c in dismissed} == {("dismiss", None, "admin")}
+    from trainer.retrain import clean, corrected_records
+
+    records = corrected_records(console.extensions["triage"].store, None)
+    kept = clean(records, console.extensions["triage"].triager.taxonomy)
+    assert [r["id"] for r in kept.records] == ["generic:A-1"]  # the dismissed ticket trains nothing
+
+
+def test_shadow_mode_stores_the_decision_and_writes_nothing(tmp_path, taxonomy, receiver):
+    app, close = make_app(tmp_path, taxonomy, policy={"shadow": True})
+    try:
+        rid = seed(app, "S-1", "VPN drops", outcome="shadow", needs_review=False, callback_url=receiver.url)
+        client = logged_in(app)
+        r = decide(client, rid, "correct", priority="High")
+        assert "shadow mode is on" in client.get(r.headers["Location"]).get_data(as_text=True)
+        assert receiver.bodies == []
+        assert {c.field: c.new_value for c in corrections(app, "S-1")}["priority"] == "High"
+    finally:
+        close()
+
+
+def test_a_decision_post_needs_a_session_and_the_csrf_token(console, receiver):
+    rid = seed(console, "P-1", "VPN drops", callback_url=receiver.url)
+    anonymous = console.test_client()
+    anonymous.get("/console/login")
+    assert anonymous.post(f"/console/tickets/{rid}/decide", data={"decision": "accept"}).status_code == 400
+    client = logged_in(console)
+    assert client.post(f"/console/tickets/{rid}/decide", data={"decision": "accept"}).status_code == 400
+    assert receiver.bodies == [] and corrections(console, "P-1") == []

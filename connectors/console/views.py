@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for)
 from werkzeug.exceptions import HTTPException
 
+from . import review
 from .auth import CSRF_FIELD, csrf_ok, new_csrf_token
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,20 @@ def csrf_token() -> str:
 @blueprint.app_template_global("csrf_field_name")
 def _csrf_field_name() -> str:
     return CSRF_FIELD
+
+
+@blueprint.app_template_filter("pct")
+def _pct(value: Any, digits: int = 0) -> str:
+    """A probability as a percentage, rounded down (0.499 never reads as 50%)."""
+    if not isinstance(value, (int, float)):
+        return "–"
+    scale = 10 ** digits
+    return f"{int(value * 100 * scale + 1e-9) / scale:.{digits}f}%"
+
+
+@blueprint.app_template_filter("reject_offset")
+def _reject_offset(args: dict) -> dict:
+    return {k: v for k, v in args.items() if k != "offset"}
 
 
 @blueprint.app_template_global("console_has")
@@ -139,6 +154,75 @@ def index():
     return redirect(url_for("console.queue"))
 
 
+def _ctx():
+    return state()["ctx"]
+
+
+def _int_arg(name: str, default: int = 0) -> int:
+    try:
+        return max(0, int(request.args.get(name, default)))
+    except ValueError:
+        return default
+
+
 @blueprint.get("/queue")
 def queue():
-    return render_template("console/queue.html", page=None)
+    ctx = _ctx()
+    taxonomy = ctx.triager.taxonomy
+    filters = {k: (request.args.get(k) or None) for k in ("connector", "field", "model")}
+    if filters["field"] and (filters["field"] not in taxonomy or not taxonomy[filters["field"]].is_enum):
+        abort(400, f"no enum field {filters['field']!r} in the taxonomy")
+    decided = request.args.get("decided") == "1"
+    limit = int(state()["section"]["queue_page_size"])
+    page = review.review_queue(ctx.store, ctx.policy, taxonomy, connector=filters["connector"],
+                               field_name=filters["field"], model=filters["model"], decided=decided,
+                               offset=_int_arg("offset"), limit=limit)
+    return render_template("console/queue.html", page=page, filters=filters, decided=decided,
+                           choices=review.filter_choices(ctx.store), fields=[f.name for f in taxonomy.enum_fields],
+                           thresholds={f.name: ctx.policy.rule(f.name) for f in taxonomy.enum_fields})
+
+
+@blueprint.get("/tickets/<int:result_id>")
+def ticket(result_id: int):
+    ctx = _ctx()
+    taxonomy = ctx.triager.taxonomy
+    view = review.load_ticket(ctx.store, result_id)
+    if view is None:
+        abort(404, f"no triage result {result_id}")
+    alternatives = review.ensure_alternatives(ctx.store, ctx.triager, view)
+    k = int(state()["section"]["similar_tickets"])
+    similar = state()["similar"].query(view.text, k=k, exclude=(view.result.connector, view.result.ticket_ref))
+    return render_template("console/ticket.html", view=view, taxonomy=taxonomy, alternatives=alternatives,
+                           similar=similar, low=review.low_fields(view.result.confidence or {}, ctx.policy, taxonomy),
+                           rules={f.name: ctx.policy.rule(f.name) for f in taxonomy.enum_fields},
+                           start=review.baseline(view, taxonomy, ctx.policy), shadow=ctx.policy.shadow,
+                           model_tag=review.model_tag)
+
+
+@blueprint.post("/tickets/<int:result_id>/decide")
+def decide(result_id: int):
+    ctx = _ctx()
+    decision = request.form.get("decision", "")
+    chosen = {f.name: request.form.get(f"value_{f.name}", "") for f in ctx.triager.taxonomy.enum_fields}
+    try:
+        outcome = review.decide(ctx, result_id, g.user, decision, chosen if decision == "correct" else None)
+    except review.DecisionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("console.ticket", result_id=result_id))
+    state()["similar"].invalidate()
+    flash(_describe(outcome), "ok")
+    return redirect(url_for("console.ticket", result_id=result_id))
+
+
+def _describe(outcome: review.DecisionOutcome) -> str:
+    done = {"accept": "Accepted", "correct": "Corrected", "dismiss": "Dismissed"}[outcome.decision]
+    if outcome.decision == "dismiss":
+        return f"{done}: nothing written to the ticket; its fields will not be trained on."
+    if outcome.writeback == "applied":
+        written = ", ".join(f"{k} {v}" for k, v in outcome.written.items())
+        return f"{done}: written to the ticket: {written}."
+    if outcome.writeback == "shadow":
+        return f"{done}: shadow mode is on, so nothing was written to the ticket; the decision is stored."
+    if outcome.writeback:
+        return f"{done}: the connector answered {outcome.writeback} ({outcome.detail})."
+    return f"{done}: the ticket already carries these values; the decision is stored."

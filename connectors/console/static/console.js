@@ -27,3 +27,11 @@
     });
   });
 })();
+// Probability bars: their width comes from data-w (0..100); no inline styles (the CSP allows none).
+document.addEventListener("DOMContentLoaded", function () {
+  "use strict";
+  Array.prototype.forEach.call(document.querySelectorAll(".bar[data-w]"), function (bar) {
+    var w = Math.max(1, Math.min(100, parseInt(bar.getAttribute("data-w"), 10) || 0));
+    bar.style.width = (0.8 * w) + "px";
+  });
+});
