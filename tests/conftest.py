@@ -144,9 +144,9 @@ def free_port() -> int:
 class PgCluster:
     """initdb + pg_ctl start in a temporary folder; `url` is a database created in it; `stop` removes it all."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, root: Path | None = None) -> None:
         self.bin = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="triage-pg-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix="triage-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self.prefix: list[str] = []
@@ -171,7 +171,25 @@ class PgCluster:
         if not self.prefix:
             raise RuntimeError("running as root and runuser is missing: cannot start PostgreSQL as another user")
 
+    @classmethod
+    def sweep(cls, bin_dir: Path) -> None:
+        """Stop and remove clusters left by test sessions that were killed before their teardown."""
+        for owner in glob.glob(os.path.join(tempfile.gettempdir(), "triage-pg-*", "owner.pid")):
+            root = Path(owner).parent
+            try:
+                os.kill(int(Path(owner).read_text()), 0)
+                continue  # that session is still running
+            except (ProcessLookupError, ValueError):
+                pass
+            except PermissionError:
+                continue
+            stale = cls(bin_dir, root)
+            if os.geteuid() == 0:
+                stale._as_user()
+            stale.stop(mode="immediate")
+
     def start(self) -> str:
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         if os.geteuid() == 0:
             self._as_user()
         init = self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
@@ -196,9 +214,9 @@ class PgCluster:
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/triage_test"
         return self.url
 
-    def stop(self) -> None:
-        if self.data.exists():
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", timeout=60)
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -253,6 +271,7 @@ def postgres_server():
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         _missing("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin)")
+    PgCluster.sweep(bin_dir)
     cluster = PgCluster(bin_dir)
     try:
         PG.url = cluster.start()
