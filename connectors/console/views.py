@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for)
 from werkzeug.exceptions import HTTPException
 
-from . import review
+from . import charts, review, stats
 from .auth import CSRF_FIELD, csrf_ok, new_csrf_token
 
 log = logging.getLogger(__name__)
@@ -226,3 +226,40 @@ def _describe(outcome: review.DecisionOutcome) -> str:
     if outcome.writeback:
         return f"{done}: the connector answered {outcome.writeback} ({outcome.detail})."
     return f"{done}: the ticket already carries these values; the decision is stored."
+
+
+@blueprint.get("/dashboard")
+def dashboard():
+    from triage_core.registry import ModelRegistry
+
+    ctx = _ctx()
+    taxonomy = ctx.triager.taxonomy
+    days = int(state()["section"]["dashboard_days"])
+    d = stats.build(ctx.store, ctx.policy, taxonomy, days)
+    labels = [day.strftime("%m-%d") for day in d.days]
+    every = max(1, len(labels) // 10)
+    figures = {
+        "triaged": charts.bar_chart(labels, d.triaged, label="tickets triaged per day", every=every),
+        "outcomes": charts.share_bar(list(d.outcomes.items()), label="outcome shares"),
+        "accuracy": charts.line_chart([day.strftime("%m-%d") for day in d.review_days], d.accuracy_by_day,
+                                      label="accuracy per field from console reviews",
+                                      every=max(1, len(d.review_days) // 8)) if d.review_days else None,
+        "coverage": charts.bar_chart(list(d.coverage), [100 * (c["share"] or 0) for c in d.coverage.values()],
+                                     label="coverage at the configured thresholds (%)", height=160),
+    }
+    runs = [{**r, "champion": stats.run_accuracy(r), "challenger": stats.run_accuracy(r, "challenger")}
+            for r in d.runs]
+    return render_template("console/dashboard.html", d=d, figures=figures, runs=runs, days=days,
+                           models=ModelRegistry(ctx.store).list(), dead=ctx.queue.list(state="dead", limit=100),
+                           serving=ctx.triager.model_info, enum=[f.name for f in taxonomy.enum_fields])
+
+
+@blueprint.post("/jobs/<int:job_id>/retry")
+def retry_job(job_id: int):
+    count = _ctx().queue.retry([job_id])
+    if count:
+        log.info("console: %s re-queued dead job %d", g.user, job_id)
+        flash(f"Job {job_id} is queued again.", "ok")
+    else:
+        flash(f"Job {job_id} is not dead (any more): nothing re-queued.", "error")
+    return redirect(url_for("console.dashboard") + "#dead-jobs")
