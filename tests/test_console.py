@@ -458,3 +458,34 @@ def test_dashboard_counts_follow_decisions_and_dead_jobs_can_be_requeued(console
     r = client.post(f"/console/jobs/{job.id}/retry", data={"csrf_token": csrf_of(page)})
     assert r.status_code == 302 and ctx.queue.get(job.id).state == "queued"
     assert f"Job {job.id} is queued again." in client.get(r.headers["Location"]).get_data(as_text=True)
+
+
+# --- 4. try it ------------------------------------------------------------------------------------------------
+
+def table_counts(app) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from triage_core.store import Base
+
+    with app.extensions["triage"].store.session(readonly=True) as s:
+        return {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+def test_try_it_answers_and_writes_nothing(console, receiver):
+    seed(console, "T-1", "The VPN drops every few minutes", callback_url=receiver.url)
+    client = logged_in(console)
+    page = client.get("/console/try")
+    assert page.status_code == 200 and b'id="try-text"' in page.data
+    before = table_counts(console)
+    r = client.post("/console/try", data={"csrf_token": csrf_of(page.get_data(as_text=True)),
+                                          "text": "VPN <b>drops</b> again on the train"})
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200 and 'id="try-result"' in html
+    assert "&lt;b&gt;drops&lt;/b&gt;" in html and "<b>drops</b>" not in html
+    assert re.search(r'<tr data-field="category">.*?<strong class="value">Network</strong>.*?55.0%', html, re.S)
+    assert "Every field reaches its threshold" in html  # 55% everywhere, thresholds at 50%
+    assert "T-1" in html[html.index('id="similar"'):]  # the most similar past ticket
+    assert table_counts(console) == before and receiver.bodies == []
+    empty = client.post("/console/try", data={"csrf_token": csrf_of(html), "text": "  !!  "})
+    assert 'id="try-error"' in empty.get_data(as_text=True)
+    assert client.post("/console/try", data={"text": "VPN"}).status_code == 400  # no CSRF token

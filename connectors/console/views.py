@@ -263,3 +263,29 @@ def retry_job(job_id: int):
     else:
         flash(f"Job {job_id} is not dead (any more): nothing re-queued.", "error")
     return redirect(url_for("console.dashboard") + "#dead-jobs")
+
+
+@blueprint.route("/try", methods=["GET", "POST"])
+def try_it():
+    """Triage pasted text and show what the daemon would do with it; nothing is stored or written anywhere."""
+    from triage_core.text import TextProblem, ticket_text
+    from triage_core.triager import TriageError
+
+    ctx = _ctx()
+    taxonomy = ctx.triager.taxonomy
+    text = request.form.get("text", "") if request.method == "POST" else ""
+    result = error = None
+    similar: list = []
+    if request.method == "POST":
+        try:
+            result = ctx.triager.triage(ticket_text(text))
+        except TextProblem as exc:
+            error = str(exc)
+        except TriageError as exc:
+            error = f"The ticket could not be triaged: {exc}"
+        if result is not None:
+            similar = state()["similar"].query(text, k=int(state()["section"]["similar_tickets"]))
+    low = review.low_fields(result.confidence, ctx.policy, taxonomy) if result else []
+    return render_template("console/try.html", text=text, result=result, error=error, similar=similar, low=low,
+                           alternatives=review.ranked(result.distributions, taxonomy) if result else {},
+                           rules={f.name: ctx.policy.rule(f.name) for f in taxonomy.enum_fields}, taxonomy=taxonomy)
