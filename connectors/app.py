@@ -1,8 +1,9 @@
 """The daemon's Flask app factory: the composition root that wires config, store, queue, model, policy,
 connectors and workers together.
 
-Production: `gunicorn -w 1 --threads 8 -b 127.0.0.1:8080 'connectors.app:create_app()'` (one process per model
-copy; scale out with more instances on the same database, which the queue's leases make safe).
+`ticket-triage serve` runs it on gunicorn (one process per model copy, server.threads HTTP threads); `ticket-triage
+worker` builds the same app and serves no HTTP. Scale out with more processes on the same database, which the
+queue's leases and SKIP LOCKED claims make safe.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from datetime import timezone
 from typing import Mapping
 
@@ -21,7 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from triage_core.config import Config, load_config
 from triage_core.policy import Policy
-from triage_core.queue import JobQueue
+from triage_core.queue import JobQueue, LeaseLost
 from triage_core.registry import ModelRegistry
 from triage_core.store import Store
 from triage_core.text import TextProblem, ticket_text
@@ -268,8 +270,10 @@ def schedule_retraining(scheduler: BackgroundScheduler, config: Config, store: S
                              max_instances=1, coalesce=True)
 
 
-def stop_workers(app: Flask, timeout: float = 10.0) -> None:
-    """Stop the app's worker threads (they finish the batch in hand; leases cover anything cut short)."""
+def stop_workers(app: Flask, timeout: float = 10.0) -> int:
+    """Stop the app's timed work (polls, retraining, the model watcher) and its worker threads: each finishes the
+    batch in hand within `timeout` seconds; the jobs of a batch still unfinished then are handed back to the queue
+    (released, the attempt not charged), so another process takes them at once. Returns how many were."""
     threads, stop = app.extensions.get("triage_workers", ([], None))
     scheduler = app.extensions.get("triage_scheduler")
     watcher = app.extensions.get("triage_watcher")
@@ -279,5 +283,21 @@ def stop_workers(app: Flask, timeout: float = 10.0) -> None:
         scheduler.shutdown(wait=False)
     if stop is not None:
         stop.set()
+    deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(timeout)
+        t.join(max(0.0, deadline - time.monotonic()))
+    released = 0
+    for t in threads:
+        if not t.is_alive():
+            continue
+        for job in list(getattr(t, "in_hand", ())):
+            try:
+                app.extensions["triage"].queue.release(job.id, t.name)
+                released += 1
+            except LeaseLost:  # finished, failed or taken over meanwhile
+                continue
+            except Exception:
+                log.exception("handing job %d back failed; its lease will expire", job.id)
+    if released:
+        log.warning("stopping: %d job(s) of an unfinished batch handed back to the queue", released)
+    return released

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ class Worker(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.ctx = ctx
         self.stop = stop
+        # The batch being processed: a clean stop that cannot wait for it hands back what is still leased.
+        self.in_hand: list[ClaimedJob] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -58,11 +62,13 @@ class Worker(threading.Thread):
             if not jobs:
                 self.stop.wait(self.ctx.poll_interval)
                 continue
+            self.in_hand = jobs
             try:
                 self.process(jobs)
             except Exception as exc:  # a bug outside the per-job guards: hand the jobs back, keep the thread
                 log.exception("%s: processing a batch failed", self.name)
                 self._release(jobs, f"processing crashed: {exc!r}")
+            self.in_hand = []
 
     def _claim_batch(self) -> list[ClaimedJob]:
         jobs = []
@@ -237,7 +243,9 @@ class Worker(threading.Thread):
 
 def start_workers(ctx: WorkerContext, count: int) -> tuple[list[Worker], threading.Event]:
     stop = threading.Event()
-    workers = [Worker(f"worker-{i + 1}", ctx, stop) for i in range(count)]
+    # Lease owners are unique across processes and hosts sharing the database (host:pid:worker-N).
+    prefix = f"{socket.gethostname()}:{os.getpid()}:"
+    workers = [Worker(f"{prefix}worker-{i + 1}", ctx, stop) for i in range(count)]
     for w in workers:
         w.start()
     return workers, stop

@@ -489,3 +489,231 @@ def test_try_it_answers_and_writes_nothing(console, receiver):
     empty = client.post("/console/try", data={"csrf_token": csrf_of(html), "text": "  !!  "})
     assert 'id="try-error"' in empty.get_data(as_text=True)
     assert client.post("/console/try", data={"text": "VPN"}).status_code == 400  # no CSRF token
+
+
+# --- 5. the real page in headless Chromium, against the daemon with the real model and the fake Jira -----------
+# One daemon and one browser for the whole part (module-scoped); the tests run in order and build on each other.
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+DOCS = ROOT / "docs"
+SCRIPT_TEXT = "Outlook shows <script>document.title='pwned'</script> in every mail and then crashes"
+BROWSER_TICKETS = {
+    "IT-101": ("VPN drops every few minutes", "The VPN disconnects all the time when I work from home."),
+    "IT-102": ("Printer on floor 3 jams", "The printer near the kitchen jams on every second page."),
+    "IT-103": ("Outlook crashes at start", SCRIPT_TEXT),
+}
+
+
+def _need_browser():
+    import os
+
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package (pip install -e '.[test]')")
+    if missing:
+        reason = f"the browser tests need Debian's chromium and chromium-driver: missing {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " (CI installs them in .ci/run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def jira():
+    from fake_jira import FakeJira
+    from test_jira import site_fields
+
+    fake = FakeJira(fields=site_fields(load_taxonomy(ROOT / "config" / "taxonomy.yaml")))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, triager, jira):
+    """The real app with the real model, the Jira connector against the fake Jira, and a few triaged tickets."""
+    _need_browser()
+    import copy
+
+    import requests
+
+    from conftest import LiveDaemon
+    from test_jira import ENV, fixture, settings, signed
+
+    overrides = {"connectors": {"enabled": ["jira"], "settings": {"jira": settings(jira)}},
+                 # priority is held for review on (nearly) every ticket: the queue has something to show
+                 "policy": {"fields": {"priority": {"threshold": 1.0}}},
+                 "console": {"users": {"alice": generate_password_hash(ALICE_PASSWORD)}}}
+    d = LiveDaemon(tmp_path_factory.mktemp("console"), triager, overrides, {**ENV, "TRIAGE_CONSOLE_TOKEN": TOKEN})
+    try:
+        for n, (key, (summary, body)) in enumerate(BROWSER_TICKETS.items()):
+            jira.add_issue(key, summary=summary)
+            created = copy.deepcopy(fixture("issue_created.json"))
+            issue = created["issue"]
+            issue["key"] = key
+            issue["fields"].update(summary=summary, priority=None, customfield_10050=None, customfield_10060=None,
+                                   customfield_10070=None)
+            issue["fields"]["description"] = {"type": "doc", "version": 1, "content": [
+                {"type": "paragraph", "content": [{"type": "text", "text": body}]}]}
+            data, headers = signed(created, identifier=f"console-{n}")
+            assert requests.post(d.url + "/webhooks/jira", data=data, headers=headers, timeout=10).status_code == 202
+        d.wait_idle(done=len(BROWSER_TICKETS), timeout=600)
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture(scope="module")
+def browser(daemon):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1366,900", "--lang=en-US"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(300)
+    yield driver
+    driver.quit()
+
+
+def screenshot(driver, name: str) -> None:
+    """A full-page screenshot into docs/console-<name>.png."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1366, max(700, min(int(height) + 160, 2800)))
+    DOCS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(DOCS / f"console-{name}.png"))
+    driver.set_window_size(1366, 900)
+
+
+def wait_for(driver, css: str, timeout: float = 120):
+    """The element once the page that a click loads shows it (a click does not wait for the next page)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def result_id_of(daemon, key: str) -> int:
+    return daemon.store.ticket_history("jira", key)["result"]["id"]
+
+
+def test_browser_anonymous_is_sent_to_login(daemon, browser):
+    browser.get(daemon.url + "/console/queue")
+    assert "/console/login" in browser.current_url
+    assert browser.find_element("id", "login-submit").is_displayed()
+
+
+def test_browser_wrong_login_then_login_and_queue(daemon, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "username").send_keys("admin")
+    browser.find_element(By.ID, "password").send_keys("not-the-token-at-all")
+    browser.find_element(By.ID, "login-submit").click()
+    assert wait_for(browser, "#login-error").text == "Wrong user name or password."
+    browser.find_element(By.ID, "username").clear()
+    browser.find_element(By.ID, "username").send_keys("admin")
+    browser.find_element(By.ID, "password").send_keys(TOKEN)
+    browser.find_element(By.ID, "login-submit").click()
+    wait_for(browser, "#queue-table")
+    assert browser.current_url.endswith("/console/queue")
+    refs = [row.get_attribute("data-ref") for row in browser.find_elements(By.CSS_SELECTOR, "tr.queue-row")]
+    assert set(refs) == set(BROWSER_TICKETS)  # priority is under its threshold on every one
+    assert refs == sorted(refs, reverse=True)  # newest first
+    cookie = browser.get_cookie("triage_console")
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Lax"
+    screenshot(browser, "queue")
+
+
+def test_browser_a_script_tag_in_a_ticket_shows_as_text(daemon, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(daemon.url + f"/console/tickets/{result_id_of(daemon, 'IT-103')}")
+    assert "<script>document.title='pwned'</script>" in browser.find_element(By.ID, "ticket-text").text
+    assert browser.title != "pwned" and "IT-103" in browser.title
+    assert browser.find_elements(By.CSS_SELECTOR, "#ticket-text script") == []
+
+
+def test_browser_correct_a_ticket_reaches_jira_and_is_stored_and_counted(daemon, browser, jira):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from test_jira import FIELD_MAP
+
+    browser.get(daemon.url + "/console/dashboard")
+    reviewed = int(browser.find_element(By.ID, "kpi-reviewed").text)
+    corrected = int(browser.find_element(By.ID, "kpi-corrected").text)
+
+    browser.get(daemon.url + f"/console/tickets/{result_id_of(daemon, 'IT-101')}")
+    alternatives = browser.find_elements(By.CSS_SELECTOR, '#prediction tr[data-field="priority"] .alts li')
+    assert len(alternatives) == 4  # every priority, ranked, with its probability
+    assert all(li.text.strip().endswith("%") for li in alternatives)
+    screenshot(browser, "ticket")
+    priority = Select(browser.find_element(By.ID, "value_priority"))
+    new_priority = "Critical" if priority.first_selected_option.text != "Critical" else "Low"
+    priority.select_by_value(new_priority)
+    category = Select(browser.find_element(By.ID, "value_category"))
+    new_category = "Security" if category.first_selected_option.text != "Security" else "Hardware"
+    category.select_by_value(new_category)
+    sub = browser.find_element(By.ID, "value_subcategory")
+    offered = [o.get_attribute("value") for o in sub.find_elements(By.TAG_NAME, "option") if o.is_enabled()]
+    taxonomy = daemon.ctx.triager.taxonomy
+    assert offered == list(taxonomy["subcategory"].children[new_category])  # only valid pairs are offered
+    new_sub = offered[0]
+    Select(sub).select_by_value(new_sub)
+    puts_before = len(jira.calls("PUT", "/issue/IT-101$"))
+    browser.find_element(By.ID, "correct").click()
+    assert "Corrected: written to the ticket" in wait_for(browser, ".flash.ok").text
+
+    # the fake Jira received one more ordinary edit, with the corrected values in its field configuration
+    puts = jira.calls("PUT", "/issue/IT-101$")
+    assert len(puts) == puts_before + 1 and jira.problems == []
+    fields = puts[-1].json()["fields"]
+    assert fields["priority"] == {"name": FIELD_MAP["priority"][new_priority]}
+    assert fields["customfield_10050"]["value"] == new_category
+    assert fields["customfield_10050"]["child"]["value"] == new_sub
+    assert "console by admin" in json.dumps(jira.calls("POST", "/issue/IT-101/comment$")[-1].json())
+    # stored as corrections with who made them
+    history = daemon.store.ticket_history("jira", "IT-101")["history"]["corrections"]
+    got = {c["field"]: (c["new_value"], c["actor"], c["decision"]) for c in history}
+    assert got["priority"] == (new_priority, "admin", "correct")
+    assert got["subcategory"] == (new_sub, "admin", "correct")
+
+    browser.get(daemon.url + "/console/dashboard")
+    assert int(browser.find_element(By.ID, "kpi-reviewed").text) == reviewed + 1
+    assert int(browser.find_element(By.ID, "kpi-corrected").text) == corrected + 1
+    screenshot(browser, "dashboard")
+
+
+def test_browser_a_form_post_without_the_csrf_token_is_refused(daemon, browser, jira):
+    from selenium.webdriver.common.by import By
+
+    browser.get(daemon.url + f"/console/tickets/{result_id_of(daemon, 'IT-102')}")
+    browser.execute_script("document.querySelector('#accept').form.querySelector('input[name=csrf_token]')"
+                           ".remove();")
+    puts = len(jira.calls("PUT"))
+    browser.find_element(By.ID, "accept").click()
+    assert "security token" in wait_for(browser, "#error-message").text
+    assert len(jira.calls("PUT")) == puts
+    assert daemon.store.ticket_history("jira", "IT-102")["history"]["corrections"] == []
+
+
+def test_browser_try_it_answers_and_stores_nothing(daemon, browser):
+    from selenium.webdriver.common.by import By
+
+    results = daemon.store.counts()["results"]
+    browser.get(daemon.url + "/console/try")
+    browser.find_element(By.ID, "try-text").send_keys("The Wi-Fi in meeting room B keeps dropping during calls")
+    browser.find_element(By.ID, "try-submit").click()
+    wait_for(browser, "#try-prediction")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#try-prediction tr[data-field]")
+    taxonomy = daemon.ctx.triager.taxonomy
+    assert [r.get_attribute("data-field") for r in rows] == [f.name for f in taxonomy.enum_fields]
+    category = browser.find_element(By.CSS_SELECTOR, '#try-prediction tr[data-field="category"] .value').text
+    assert category in taxonomy["category"].values
+    assert browser.find_elements(By.CSS_SELECTOR, "#similar .similar-row")  # the triaged tickets are there
+    screenshot(browser, "try")
+    assert daemon.store.counts()["results"] == results

@@ -132,7 +132,7 @@ class Daemon:
             try:
                 if requests.get(self.base + "/readyz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # gunicorn queues connections while it loads
                 pass
             time.sleep(0.3)
         raise RuntimeError("daemon not ready in time")

@@ -461,7 +461,7 @@ def test_the_readme_bootstrap_sequence_ends_with_the_daemon_serving_the_new_adap
             try:
                 if requests.get(url + "/readyz", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # gunicorn queues connections while it loads
                 pass
             assert time.time() < deadline, "the daemon did not become ready"
             time.sleep(0.5)

@@ -63,8 +63,16 @@ DEFAULTS: dict[str, Any] = {
         "port": 8080,
         # Requests with a larger body are refused with 413 before they are read.
         "max_body_bytes": 1048576,
-        # Worker threads that claim jobs from the queue (the model itself runs one batch at a time).
+        # Worker threads that claim jobs from the queue (the model itself runs one batch at a time); 0: this
+        # process ingests and answers the API only (`ticket-triage worker` processes do the work).
         "workers": 2,
+        # The production server (gunicorn, one process with this many HTTP threads; `serve --dev`: Flask's).
+        "threads": 8,
+        # A server process silent for this long (a hung start-up included) is restarted.
+        "timeout_seconds": 120,
+        "keepalive_seconds": 5,
+        # SIGTERM: stop intake, finish the batch in hand or hand its jobs back, and exit within this many seconds.
+        "shutdown_seconds": 20.0,
         # The /v1 API's bearer token is read from this environment variable (never from this file).
         "api_token_env": "TRIAGE_API_TOKEN",
     },
@@ -377,6 +385,8 @@ RANGES: tuple[tuple[str, float | None, float | None], ...] = (
     ("decoding.max_ticket_tokens", 1, None), ("decoding.summary_max_tokens", 1, None),
     ("decoding.batch_size", 1, None), ("decoding.lookup_tokens", 0, None),
     ("server.port", 1, 65535), ("server.max_body_bytes", 1, None), ("server.workers", 0, None),
+    ("server.threads", 1, None), ("server.timeout_seconds", 1, None), ("server.keepalive_seconds", 0, None),
+    ("server.shutdown_seconds", 1, None),
     ("queue.max_attempts", 1, None), ("queue.lease_seconds", 1, None), ("queue.backoff_base_seconds", 0, None),
     ("queue.backoff_max_seconds", 0, None), ("queue.poll_interval_seconds", 0.001, None),
     ("policy.default_threshold", 0, 1),

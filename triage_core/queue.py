@@ -255,6 +255,13 @@ class JobQueue:
         self._owned_update(job_id, worker_id, state="done", lease_owner=None, lease_expires_at=None,
                            finished_at=now, updated_at=now)
 
+    def release(self, job_id: int, worker_id: str) -> None:
+        """Hand a held job back untouched (a clean stop that cannot finish it): queued again at once, this attempt
+        not counted. Raises LeaseLost when the job is no longer this worker's."""
+        now = self._now()
+        self._owned_update(job_id, worker_id, state="queued", lease_owner=None, lease_expires_at=None,
+                           attempts=Job.attempts - 1, next_attempt_at=now, updated_at=now)
+
     def fail(self, job_id: int, worker_id: str, error: str, retry_after: float | None = None,
              permanent: bool = False) -> str:
         """Record a failed attempt: back to 'queued' after a backoff (at least `retry_after` seconds, e.g. a

@@ -239,13 +239,16 @@ def dashboard():
     labels = [day.strftime("%m-%d") for day in d.days]
     every = max(1, len(labels) // 10)
     figures = {
-        "triaged": charts.bar_chart(labels, d.triaged, label="tickets triaged per day", every=every),
-        "outcomes": charts.share_bar(list(d.outcomes.items()), label="outcome shares"),
+        "triaged": charts.bar_chart(labels, d.triaged, label="tickets triaged per day", every=every,
+                                    width=1180, height=200),
+        "outcomes": charts.share_bar(list(d.outcomes.items()), label="outcome shares", width=1180),
         "accuracy": charts.line_chart([day.strftime("%m-%d") for day in d.review_days], d.accuracy_by_day,
                                       label="accuracy per field from console reviews",
-                                      every=max(1, len(d.review_days) // 8)) if d.review_days else None,
+                                      every=max(1, len(d.review_days) // 8), width=680,
+                                      height=220) if d.review_days else None,
         "coverage": charts.bar_chart(list(d.coverage), [100 * (c["share"] or 0) for c in d.coverage.values()],
-                                     label="coverage at the configured thresholds (%)", height=160),
+                                     label="coverage at the configured thresholds (%)", width=460,
+                                     height=180),
     }
     runs = [{**r, "champion": stats.run_accuracy(r), "challenger": stats.run_accuracy(r, "challenger")}
             for r in d.runs]
