@@ -327,6 +327,22 @@ def test_ticket_page_escapes_text_and_shows_confidences_alternatives_and_similar
     assert client.get("/console/tickets/999999").status_code == 404
 
 
+def test_alternatives_stored_at_triage_time_are_shown_without_scoring_again(console):
+    rid = seed(console, "W-1", "VPN drops")
+    store = console.extensions["triage"].store
+    dist = {"category": {"Network": 0.8, "Software": 0.15, "Access": 0.05},
+            "priority": {"Low": 0.31, "Medium": 0.42, "High": 0.27}}
+    assert store.record_alternatives(rid, dist, {"base": "stub-base", "adapter": "stub-it@1"}) is True
+    assert store.record_alternatives(rid, dist, {"base": "x", "adapter": None}) is False  # kept, not replaced
+    html = logged_in(console).get(f"/console/tickets/{rid}").get_data(as_text=True)
+    assert console.extensions["triage"].triager.calls == []
+    priority = html[html.index('<tr data-field="priority">'):]
+    priority = priority[:priority.index("</tr>")]
+    assert re.findall(r"<span>(\w+)</span><span class=\"conf\">([\d.]+%)</span>", priority) == [
+        ("Medium", "42.0%"), ("Low", "31.0%"), ("High", "27.0%")]
+    assert "first opened here" not in html
+
+
 def test_correct_writes_back_through_the_connector_and_stores_who_decided(console, receiver):
     rid = seed(console, "C-1", "VPN drops every few minutes", callback_url=receiver.url)
     client = logged_in(console, "alice", ALICE_PASSWORD)

@@ -506,6 +506,100 @@ class Store:
         }
 
 
+    # -- re-triage (a ticket that gained information is triaged again) -------------------------------------------
+
+    def earlier_jobs(self, connector: str, ticket_ref: str, job_id: int) -> dict[str, int]:
+        """The ticket's jobs queued before job `job_id`, counted by state (every state present): a re-triage waits
+        for unfinished ones, and needs a finished one (the daemon triaged the ticket before)."""
+        with self.session(readonly=True) as s:
+            counts = dict(s.execute(select(Job.state, func.count()).where(
+                Job.connector == connector, Job.ticket_ref == ticket_ref, Job.id < job_id).group_by(Job.state)).all())
+        return {state: int(counts.get(state, 0)) for state in JOB_STATES}
+
+    def postpone_job(self, job_id: int, worker_id: str, seconds: float, reason: str) -> bool:
+        """Hand a job this worker holds back to the queue for `seconds` without charging the attempt (it waits for
+        an earlier job of its ticket, which is no failure of its own). False when the job is no longer this
+        worker's."""
+        from datetime import timedelta
+
+        from sqlalchemy import update
+
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(Job).where(Job.id == job_id, Job.state == "running", Job.lease_owner == worker_id)
+                .values(state="queued", attempts=Job.attempts - 1, lease_owner=None, lease_expires_at=None,
+                        next_attempt_at=now + timedelta(seconds=seconds), last_error=reason[:4096], updated_at=now)
+                .execution_options(synchronize_session=False))
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def last_event(self, connector: str, ticket_ref: str) -> dict[str, Any] | None:
+        """The payload of the latest inbound event of the ticket (what the daemon last saw of it), or None."""
+        with self.session(readonly=True) as s:
+            return s.scalar(select(InboundEvent.payload).where(
+                InboundEvent.connector == connector, InboundEvent.ticket_ref == ticket_ref)
+                .order_by(InboundEvent.id.desc()).limit(1))
+
+    def record_event(self, connector: str, ticket_ref: str, event_key: str, payload: dict[str, Any]) -> bool:
+        """Store an inbound event that queues no job (a poll saw the ticket in a state to remember, such as closed);
+        False when that event was stored already."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.session() as s:
+                if s.scalar(select(InboundEvent.id).where(
+                        InboundEvent.connector == connector, InboundEvent.ticket_ref == ticket_ref,
+                        InboundEvent.event_key == event_key)) is not None:
+                    return False
+                s.add(InboundEvent(connector=connector, ticket_ref=ticket_ref, event_key=event_key,
+                                   payload=dict(payload)))
+            return True
+        except IntegrityError:  # a concurrent poll stored it first
+            return False
+
+    def retriage_replies(self, connector: str, ticket_ref: str, before_event_id: int) -> list[str]:
+        """The requester's replies that earlier re-triages of the ticket read (`payload.extra.retriage.reply` of its
+        inbound events before `before_event_id`), oldest first: a later re-triage reads them too."""
+        with self.session(readonly=True) as s:
+            payloads = s.scalars(select(InboundEvent.payload).where(
+                InboundEvent.connector == connector, InboundEvent.ticket_ref == ticket_ref,
+                InboundEvent.id < before_event_id).order_by(InboundEvent.id)).all()
+        replies = []
+        for payload in payloads:
+            info = ((payload or {}).get("extra") or {}).get("retriage")
+            if isinstance(info, dict) and isinstance(info.get("reply"), str) and info["reply"].strip():
+                replies.append(info["reply"])
+        return replies
+
+    def keep_reply(self, event_id: int, reply: str) -> None:
+        """Store a reply read back from the vendor in its inbound event (`payload.extra.retriage.reply`), for the
+        ticket's later re-triages."""
+        with self.session() as s:
+            event = s.get(InboundEvent, event_id)
+            if event is None:
+                return
+            payload = dict(event.payload or {})
+            extra = dict(payload.get("extra") or {})
+            extra["retriage"] = {**(extra.get("retriage") or {}), "reply": reply}
+            event.payload = {**payload, "extra": extra}
+
+    # -- the review console --------------------------------------------------------------------------------------
+
+    def record_alternatives(self, result_id: int, distributions: dict[str, dict[str, float]],
+                            model: dict[str, Any], scored: str = "triage", top: int = 5) -> bool:
+        """Keep a result's ranked alternatives (each enum field's `top` values by probability, and the model that
+        scored them) for the review console; False when the result is gone or already has them. A worker that
+        calls this right after `record_result` saves the console from scoring the ticket again."""
+        ranked = {name: [[v, round(float(p), 6)] for v, p in sorted(dist.items(), key=lambda kv: -kv[1])[:top]]
+                  for name, dist in distributions.items()}
+        with self.session() as s:
+            row = s.get(TriageResultRow, result_id)
+            if row is None or row.alternatives:
+                return False
+            row.alternatives = {"model": dict(model), "fields": ranked, "scored": scored}
+            return True
+
+
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # SQLAlchemy emits BEGIN itself (see _sqlite_on_begin); pysqlite's own implicit BEGIN is turned off, which
     # also lets the PRAGMAs below run outside a transaction.

@@ -241,9 +241,10 @@ def ranked(distributions: Mapping[str, Mapping[str, float]], taxonomy: Taxonomy,
 def ensure_alternatives(store: Store, triager: Any, view: TicketView) -> dict[str, Any] | None:
     """The result's ranked alternatives; scored once by the serving model and stored when not stored yet.
 
-    The worker stores a result's chosen values and confidences; the distributions behind them are scored again
-    here, the first time someone opens the ticket, and kept in triage_results.alternatives with the model that
-    scored them (the page says so when that is not the model that triaged the ticket)."""
+    A worker that calls `Store.record_alternatives` at triage time has stored them already; otherwise the
+    distributions behind the stored values are scored again here, the first time someone opens the ticket, and
+    kept in triage_results.alternatives with the model that scored them (the page says so when that is not the
+    model that triaged the ticket)."""
     if view.result.alternatives:
         return view.result.alternatives
     if not view.text.strip() or triager is None:
@@ -253,14 +254,13 @@ def ensure_alternatives(store: Store, triager: Any, view: TicketView) -> dict[st
     except Exception as exc:  # the page still shows the stored result
         log.warning("console: scoring alternatives of result %d failed: %s", view.result.id, exc)
         return None
-    alternatives = {"model": dict(result.model), "fields": ranked(result.distributions, triager.taxonomy),
-                    "scored": "console"}
-    with store.session() as s:
+    enum = {f.name for f in triager.taxonomy.enum_fields}
+    store.record_alternatives(view.result.id, {k: v for k, v in result.distributions.items() if k in enum},
+                              result.model, scored="console", top=TOP_ALTERNATIVES)
+    with store.session(readonly=True) as s:
         row = s.get(TriageResultRow, view.result.id)
-        if row is not None and not row.alternatives:
-            row.alternatives = alternatives
-    view.result.alternatives = alternatives
-    return alternatives
+        view.result.alternatives = row.alternatives if row is not None else None
+    return view.result.alternatives
 
 
 def baseline(view: TicketView, taxonomy: Taxonomy, policy: Policy) -> dict[str, str]:
