@@ -84,6 +84,7 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
                         metrics=metrics, batch_size=triager.settings.batch_size,
                         poll_interval=float(config["queue"]["poll_interval_seconds"]))
     app.extensions["triage"] = ctx
+    app.extensions["triage_config"] = config  # the server's clean stop reads server.shutdown_seconds
     threads, stop = start_workers(ctx, count) if count > 0 else ([], threading.Event())
     app.extensions["triage_workers"] = (threads, stop)
     # One scheduler for the daemon's timed work: polls and the nightly retraining (none without workers).

@@ -1,7 +1,8 @@
 """The review console (issue 12).
 
 The first part drives the console through Flask's test client with a stand-in triager (no model: fast), on a real
-SQLite file and the real generic connector writing back to a local receiver over HTTP. The second part
+SQLite file and a real PostgreSQL database, and the real generic connector writing back to a local receiver over
+HTTP. The second part
 (`slow`, end of the file) drives the real page in headless Chromium (Debian's chromium and chromium-driver, through
 Selenium, nothing downloaded) against the daemon with the real model and the fake Jira, and takes the screenshots
 in docs/.
@@ -99,11 +100,11 @@ def receiver():
     r.close()
 
 
-def make_app(tmp_path, taxonomy, *, console=None, policy=None, env=None):
+def make_app(tmp_path, taxonomy, *, console=None, policy=None, env=None, url=None):
     from connectors.app import create_app, stop_workers
     from connectors.generic import from_config as generic
 
-    overrides = {"database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
+    overrides = {"database": {"url": url or f"sqlite:///{tmp_path / 'triage.db'}"},
                  "console": {"users": {"alice": generate_password_hash(ALICE_PASSWORD)}, **(console or {})},
                  "policy": policy or {}}
     config = load_config(env={}, overrides=overrides)
@@ -116,8 +117,9 @@ def make_app(tmp_path, taxonomy, *, console=None, policy=None, env=None):
 
 
 @pytest.fixture
-def console(tmp_path, taxonomy):
-    app, close = make_app(tmp_path, taxonomy)
+def console(tmp_path, taxonomy, db_url):
+    """The app on a fresh SQLite file, then on an empty PostgreSQL database (conftest's `db_url`)."""
+    app, close = make_app(tmp_path, taxonomy, url=db_url)
     yield app
     close()
 
