@@ -1,4 +1,5 @@
-"""`ticket-triage serve`, `db upgrade`, `jobs list|retry`, `retrain` and `models list|add|promote|rollback`."""
+"""`ticket-triage serve`, `worker`, `db upgrade`, `jobs list|retry`, `retrain` and
+`models list|add|promote|rollback`."""
 from __future__ import annotations
 
 import json
@@ -11,41 +12,139 @@ import click
 from triage_core.cli import database_where, driver_missing, fail, get_config, open_store
 
 
-@click.command("serve")
-@click.option("--host", help="Bind address (default server.host, 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default server.port, 8080).")
-@click.option("--workers", type=int, help="Worker threads (default server.workers).")
-@click.pass_context
-def serve_command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
-    """Run the daemon with Flask's server (for production: gunicorn, see README)."""
+#: Exit codes of a gunicorn server process that could not load the app or boot.
+_GUNICORN_BOOT_FAILURES = (3, 4)
+
+
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler of the development server to leave its loop (not an Exception: no handler in
+    between swallows it)."""
+
+
+def _load_app(config, workers: int | None, store=None):
+    """The daemon's app from the one factory; a bad config, model, taxonomy or connector is a one-line error."""
     from triage_core.config import ConfigError
     from triage_core.model import ModelError
     from triage_core.taxonomy import TaxonomyError
 
-    from .app import create_app, stop_workers
+    from .app import create_app
     from .base import ConnectorConfigError
 
+    try:
+        return create_app(config, workers=workers, store=store)
+    except (ConfigError, ModelError, TaxonomyError, ConnectorConfigError) as exc:
+        fail(str(exc))
+
+
+def _started(app, what: str, config) -> str:
+    model = app.extensions["triage"].triager.model_info
+    threads = len(app.extensions["triage_workers"][0])
+    return (f"{what} (database {database_where(config['database']['url'])}, model {model['base']}"
+            f" + {model.get('adapter') or 'no adapter'}, {threads} worker thread(s))")
+
+
+@click.command("serve")
+@click.option("--host", help="Bind address (default server.host, 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default server.port, 8080).")
+@click.option("--workers", type=int,
+              help="Worker threads claiming jobs (default server.workers); 0: ingest webhooks and answer the API only, "
+                   "`ticket-triage worker` processes do the work.")
+@click.option("--dev", is_flag=True, help="Flask's development server instead of gunicorn.")
+@click.pass_context
+def serve_command(ctx: click.Context, host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
+    """Run the daemon: webhooks, the API and (unless --workers 0) worker threads, on gunicorn.
+
+    One server process (the model is loaded once) with server.threads HTTP threads. SIGTERM stops intake, lets
+    the batch in hand finish or hands its jobs back to the queue, and exits within server.shutdown_seconds."""
     config = get_config(ctx)
     server = config["server"]
     if port is not None and not 1 <= port <= 65535:
         fail(f"--port {port}: must be between 1 and 65535")
-    store = open_store(config)
+    if workers is not None and workers < 0:
+        fail(f"--workers {workers}: must be 0 or more")
+    host, port = host or server["host"], port or server["port"]
+    store = open_store(config)  # migrated here, once, before any server process starts
+    if dev:
+        _serve_dev(config, store, host, port, workers)
+        return
+    store.dispose()  # no pooled connection crosses the fork into the server process
+    from .server import DaemonServer
+
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        app = create_app(config, workers=workers, store=store)
-    except (ConfigError, ModelError, TaxonomyError, ConnectorConfigError) as exc:
-        fail(str(exc))
+        DaemonServer(config, bind, load=lambda: _load_app(config, workers),
+                     started=lambda app: _started(app, f"ticket-triage listening on http://{host}:{port}", config)
+                     ).run()
+    except SystemExit as exc:
+        if exc.code in _GUNICORN_BOOT_FAILURES:
+            sys.exit(2)  # the server process said why (one line) before it exited
+        raise
 
-    def shutdown(signum, frame):  # noqa: ARG001
-        stop_workers(app)
-        sys.exit(0)
 
-    signal.signal(signal.SIGTERM, shutdown)
-    model = app.extensions["triage"].triager.model_info
-    click.echo(f"ticket-triage listening on http://{host or server['host']}:{port or server['port']} "
-               f"(database {database_where(config['database']['url'])}, model {model['base']}"
-               f" + {model.get('adapter') or 'no adapter'})", err=True)
-    app.run(host=host or server["host"], port=port or server["port"], threaded=True, use_reloader=False)
-    stop_workers(app)
+def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None:
+    """Flask's development server (--dev): one process, the same app and the same clean stop."""
+    import time
+
+    from .app import stop_workers
+    from .server import stop_budget
+
+    app = _load_app(config, workers, store)
+    term: list[float] = []
+
+    def on_term(signum, frame):  # noqa: ARG001
+        term.append(time.monotonic())
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, on_term)
+    click.echo(_started(app, f"ticket-triage listening on http://{host}:{port} (development server)", config),
+               err=True)
+    try:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        stop_workers(app, timeout=stop_budget(config, term[0] if term else time.monotonic()))
+        store.dispose()
+    sys.exit(0)
+
+
+@click.command("worker")
+@click.option("--threads", "threads", type=int,
+              help="Worker threads claiming jobs (default server.workers, at least 1).")
+@click.pass_context
+def worker_command(ctx: click.Context, threads: int | None) -> None:
+    """Claim and process jobs, run the pollers and the model watcher; serve no HTTP.
+
+    Run as many as there are machines, next to `serve --workers 0`, all on one database (PostgreSQL: SKIP LOCKED
+    claims and leases). SIGTERM stops claiming, lets the batch in hand finish or hands its jobs back, and exits
+    within server.shutdown_seconds."""
+    import threading
+    import time
+
+    from .app import stop_workers
+    from .server import stop_budget
+
+    config = get_config(ctx)
+    count = threads if threads is not None else max(1, int(config["server"]["workers"]))
+    if count < 1:
+        fail(f"--threads {count}: a worker needs at least 1 thread")
+    store = open_store(config)
+    app = _load_app(config, count, store)
+    stop = threading.Event()
+    term: list[float] = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        term.append(time.monotonic())
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(_started(app, "ticket-triage worker running", config), err=True)
+    while not stop.wait(0.5):
+        pass
+    released = stop_workers(app, timeout=stop_budget(config, term[0]))
+    store.dispose()
+    click.echo(f"ticket-triage worker stopped ({released} job(s) handed back)", err=True)
 
 
 @click.group("db")

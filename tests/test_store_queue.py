@@ -489,3 +489,18 @@ def test_a_second_process_shares_the_queue(db_url):
         assert {j.lease_owner for j in queue.list(state="done", limit=100)} == {None}
     finally:
         store.dispose()
+
+
+def test_release_hands_a_job_back_at_once_without_charging_the_attempt(queue, clock):
+    """A clean stop (SIGTERM) that cannot finish a job gives it back: queued, due now, the attempt not counted."""
+    sub = queue.submit(ticket())
+    job = queue.claim("stopping")
+    queue.release(job.id, "stopping")
+    info = queue.get(sub.job_id)
+    assert info.state == "queued" and info.attempts == 0 and info.lease_owner is None
+    assert info.lease_expires_at is None and info.last_error is None
+    again = queue.claim("fresh")
+    assert again.id == sub.job_id and again.attempts == 1
+    with pytest.raises(LeaseLost):
+        queue.release(job.id, "stopping")  # no longer its job
+    queue.complete(again.id, "fresh")
