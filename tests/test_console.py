@@ -19,8 +19,8 @@ import pytest
 from werkzeug.security import generate_password_hash
 
 from triage_core.config import load_config
-from triage_core.queue import InboundTicket, JobQueue
-from triage_core.store import Correction, Store, TriageResultRow, Writeback
+from triage_core.queue import InboundTicket
+from triage_core.store import Correction, Store, TriageResultRow
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import DecodingSettings, TriageResult
 
@@ -412,6 +412,21 @@ def test_accept_writes_the_held_fields_and_dismiss_writes_nothing(console, recei
     records = corrected_records(console.extensions["triage"].store, None)
     kept = clean(records, console.extensions["triage"].triager.taxonomy)
     assert [r["id"] for r in kept.records] == ["generic:A-1"]  # the dismissed ticket trains nothing
+
+
+def test_two_reviewers_never_decide_the_same_ticket_at_once(console, receiver):
+    from triage_core.registry import DbLock
+
+    rid = seed(console, "L-1", "VPN drops", callback_url=receiver.url)
+    client = logged_in(console)
+    other = DbLock(console.extensions["triage"].store, f"console-decision:{rid}", "another-process", 60)
+    assert other.acquire()  # another process is in the middle of deciding this ticket
+    r = decide(client, rid, "accept")
+    assert "someone else is deciding" in client.get(r.headers["Location"]).get_data(as_text=True)
+    assert receiver.bodies == [] and corrections(console, "L-1") == []
+    other.release()
+    decide(client, rid, "accept")
+    assert len(receiver.bodies) == 1 and {c.decision for c in corrections(console, "L-1")} == {"accept"}
 
 
 def test_shadow_mode_stores_the_decision_and_writes_nothing(tmp_path, taxonomy, receiver):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -21,6 +20,7 @@ from sqlalchemy import and_, func, or_, select
 
 from triage_core.policy import Policy, WritebackPlan
 from triage_core.queue import InboundTicket
+from triage_core.registry import DbLock, LockHeld
 from triage_core.store import Correction, InboundEvent, Job, Store, TriageResultRow, Writeback
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
@@ -303,9 +303,6 @@ class DecisionOutcome:
     detail: str = ""
 
 
-_decide_lock = threading.Lock()
-
-
 def decide(ctx: Any, result_id: int, actor: str, decision: str, chosen: Mapping[str, str] | None = None
            ) -> DecisionOutcome:
     """Record one console decision on a held result; accept and correct write the new fields back first.
@@ -314,35 +311,45 @@ def decide(ctx: Any, result_id: int, actor: str, decision: str, chosen: Mapping[
     taxonomy, or a write-back the ITSM refused (the ticket stays in the queue for another try)."""
     if decision not in DECISIONS:
         raise DecisionError(f"unknown decision {decision!r}")
+    # One decision per ticket at a time, across every process on the database: the ticket is written once.
+    lock = DbLock(ctx.store, f"console-decision:{result_id}", f"{actor}:{secrets.token_hex(4)}", ttl_seconds=120)
+    try:
+        with lock:
+            return _decide(ctx, result_id, actor, decision, chosen)
+    except LockHeld:
+        raise DecisionError("someone else is deciding on this ticket right now; reload the page") from None
+
+
+def _decide(ctx: Any, result_id: int, actor: str, decision: str, chosen: Mapping[str, str] | None
+            ) -> DecisionOutcome:
     store: Store = ctx.store
     taxonomy: Taxonomy = ctx.triager.taxonomy
     policy: Policy = ctx.policy
-    with _decide_lock:  # one decision at a time in this process: the same ticket is never written twice
-        view = load_ticket(store, result_id)
-        if view is None:
-            raise DecisionError(f"no triage result {result_id}")
-        if view.decided:
-            raise DecisionError(f"{view.result.connector} {view.result.ticket_ref} was already decided "
-                                f"({view.decided})")
-        model_values = {f.name: view.result.fields.get(f.name) for f in taxonomy.enum_fields}
-        if decision == "dismiss":
-            _store_decisions(store, view, actor, decision, {name: (old, None) for name, old in model_values.items()})
-            return DecisionOutcome(decision, {}, None, [])
-        final = baseline(view, taxonomy, policy)
-        if decision == "correct":
-            final.update({k: v for k, v in (chosen or {}).items() if v})
-        problems = check_values(final, taxonomy)
-        if problems:
-            raise DecisionError("; ".join(problems))
-        to_write = _to_write(final, view.known, taxonomy, policy)
-        outcome, detail = None, ""
-        if to_write:
-            outcome, detail = _write_back(ctx, view, actor, decision, final, to_write, model_values)
-        changed = [n for n, v in final.items() if model_values.get(n) != v]
-        _store_decisions(store, view, actor, decision, {n: (model_values.get(n), v) for n, v in final.items()})
-        for name in changed:
-            ctx.metrics.corrections.labels(view.result.connector, name).inc()
-        return DecisionOutcome(decision, to_write if outcome == "applied" else {}, outcome, changed, detail)
+    view = load_ticket(store, result_id)
+    if view is None:
+        raise DecisionError(f"no triage result {result_id}")
+    if view.decided:
+        raise DecisionError(f"{view.result.connector} {view.result.ticket_ref} was already decided "
+                            f"({view.decided})")
+    model_values = {f.name: view.result.fields.get(f.name) for f in taxonomy.enum_fields}
+    if decision == "dismiss":
+        _store_decisions(store, view, actor, decision, {name: (old, None) for name, old in model_values.items()})
+        return DecisionOutcome(decision, {}, None, [])
+    final = baseline(view, taxonomy, policy)
+    if decision == "correct":
+        final.update({k: v for k, v in (chosen or {}).items() if v})
+    problems = check_values(final, taxonomy)
+    if problems:
+        raise DecisionError("; ".join(problems))
+    to_write = _to_write(final, view.known, taxonomy, policy)
+    outcome, detail = None, ""
+    if to_write:
+        outcome, detail = _write_back(ctx, view, actor, decision, final, to_write, model_values)
+    changed = [n for n, v in final.items() if model_values.get(n) != v]
+    _store_decisions(store, view, actor, decision, {n: (model_values.get(n), v) for n, v in final.items()})
+    for name in changed:
+        ctx.metrics.corrections.labels(view.result.connector, name).inc()
+    return DecisionOutcome(decision, to_write if outcome == "applied" else {}, outcome, changed, detail)
 
 
 def _to_write(final: Mapping[str, str], known: Mapping[str, str], taxonomy: Taxonomy,
