@@ -345,6 +345,33 @@ def test_alternatives_stored_at_triage_time_are_shown_without_scoring_again(cons
     assert "first opened here" not in html
 
 
+def test_similar_tickets_include_the_closed_tickets_of_the_last_retraining_run(tmp_path, taxonomy):
+    from triage_core.store import RetrainRun
+
+    out = tmp_path / "challengers"
+    app, close = make_app(tmp_path, taxonomy, console={"similar_refresh_seconds": 0.0})
+    app.extensions["triage_console"]["similar"].output_dir = out
+    try:
+        store = app.extensions["triage"].store
+        with store.session() as s:
+            s.add(RetrainRun(state="kept", owner="test", counts={}, metrics={}))
+        run = out / "run-00001"
+        run.mkdir(parents=True)
+        closed = {"id": "JIRA-9", "text": "Cannot print to the second floor printer, paper jam light", "source": "jira",
+                  "labels": {"category": "Hardware", "subcategory": "Printer / Scanner"}}
+        synthetic = {"id": "syn-1", "text": "Printer paper jam on the second floor", "source": "synthetic",
+                     "labels": {"category": "Hardware"}}
+        (run / "train.jsonl").write_text(json.dumps(closed) + "\n" + json.dumps(synthetic) + "\n")
+        (run / "test.jsonl").write_text("")
+        rid = seed(app, "N-1", "The second floor printer shows a paper jam")
+        html = logged_in(app).get(f"/console/tickets/{rid}").get_data(as_text=True)
+        similar = html[html.index('id="similar"'):]
+        assert "JIRA-9" in similar and "closed" in similar and "Printer / Scanner" in similar
+        assert "syn-1" not in similar  # synthetic top-ups are no past tickets
+    finally:
+        close()
+
+
 def test_correct_writes_back_through_the_connector_and_stores_who_decided(console, receiver):
     rid = seed(console, "C-1", "VPN drops every few minutes", callback_url=receiver.url)
     client = logged_in(console, "alice", ALICE_PASSWORD)
