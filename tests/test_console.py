@@ -590,9 +590,10 @@ def jira():
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory, triager, jira):
+def daemon(request, tmp_path_factory, jira):
     """The real app with the real model, the Jira connector against the fake Jira, and a few triaged tickets."""
-    _need_browser()
+    _need_browser()  # before the model loads: without a browser there is nothing to run
+    triager = request.getfixturevalue("triager")
     import copy
 
     import requests
@@ -661,12 +662,14 @@ def result_id_of(daemon, key: str) -> int:
     return daemon.store.ticket_history("jira", key)["result"]["id"]
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_anonymous_is_sent_to_login(daemon, browser):
     browser.get(daemon.url + "/console/queue")
     assert "/console/login" in browser.current_url
     assert browser.find_element("id", "login-submit").is_displayed()
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_wrong_login_then_login_and_queue(daemon, browser):
     from selenium.webdriver.common.by import By
 
@@ -688,6 +691,7 @@ def test_browser_wrong_login_then_login_and_queue(daemon, browser):
     screenshot(browser, "queue")
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_a_script_tag_in_a_ticket_shows_as_text(daemon, browser):
     from selenium.webdriver.common.by import By
 
@@ -697,6 +701,7 @@ def test_browser_a_script_tag_in_a_ticket_shows_as_text(daemon, browser):
     assert browser.find_elements(By.CSS_SELECTOR, "#ticket-text script") == []
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_correct_a_ticket_reaches_jira_and_is_stored_and_counted(daemon, browser, jira):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -748,6 +753,7 @@ def test_browser_correct_a_ticket_reaches_jira_and_is_stored_and_counted(daemon,
     screenshot(browser, "dashboard")
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_a_form_post_without_the_csrf_token_is_refused(daemon, browser, jira):
     from selenium.webdriver.common.by import By
 
@@ -761,6 +767,7 @@ def test_browser_a_form_post_without_the_csrf_token_is_refused(daemon, browser, 
     assert daemon.store.ticket_history("jira", "IT-102")["history"]["corrections"] == []
 
 
+@pytest.mark.slow  # loads the real model (the daemon fixture)
 def test_browser_try_it_answers_and_stores_nothing(daemon, browser):
     from selenium.webdriver.common.by import By
 
