@@ -353,111 +353,26 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
           on_step: Callable[[int, float], None] | None = None,
           learnt: Mapping[str, Mapping[str, str]] | None = None) -> TrainResult:
     """Train a LoRA adapter on `records` and save it, with its metadata (and the `learnt` label descriptions its
-    prompt showed), into `out_dir`."""
-    from peft import set_peft_model_state_dict
-    from tqdm import tqdm
+    prompt showed), into `out_dir`.
 
+    A pipeline of named steps: examples, budget, schedule, optimiser, resume, loop, save, metadata.
+    """
     out_dir = Path(out_dir)
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     loaded = prepare_model(model_cfg, settings, init_adapter, taxonomy.label_hash)
-    model, tok = loaded.model, loaded.tokenizer
-    examples, skipped = build_examples(records, tok, taxonomy, settings, instructions, learnt)
+    examples, skipped = build_examples(records, loaded.tokenizer, taxonomy, settings, instructions, learnt)
     if not examples:
         raise TrainingError(f"no usable training records ({skipped} skipped: missing fields or labels outside "
                             "the taxonomy)")
     settings = budget(settings, len(examples))
-    batches = length_grouped_batches(examples, settings.batch_size, settings.seed)
-    per_epoch = math.ceil(len(batches) / settings.grad_accum)
-    total_steps = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
-    needed = total_steps * settings.grad_accum
-    schedule = [batches[i % len(batches)] for i in range(needed)]
-    if needed > len(batches):  # later epochs: a fresh order each epoch, still deterministic
-        schedule = []
-        epoch = 0
-        while len(schedule) < needed:
-            schedule.extend(length_grouped_batches(examples, settings.batch_size, settings.seed + epoch))
-            epoch += 1
-        schedule = schedule[:needed]
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    warmup = max(1, int(total_steps * settings.warmup_ratio))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    start_step = 0
-    if resume:
-        found = _checkpoints(out_dir)
-        if found:
-            state = torch.load(found[-1] / "trainer_state.pt", weights_only=False)
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(model, load_file(str(found[-1] / "adapter_model.safetensors")))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            start_step = state["step"]
-            log.info("resuming from %s at step %d", found[-1], start_step)
-
-    writer = None
-    if tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:
-            log.warning("tensorboard is not installed; no TensorBoard logs")
-
-    use_autocast = not settings.qlora and next(model.parameters()).dtype == torch.bfloat16
-    model.train()
-    pad = tok.pad_token_id
-    t0 = time.perf_counter()
-    tokens = 0
-    loss_value = float("nan")
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress)
-    for step in range(start_step, total_steps):
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(settings.grad_accum):
-            batch = collate([examples[i] for i in schedule[step * settings.grad_accum + micro]], pad)
-            tokens += int(batch["attention_mask"].sum())
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_autocast):
-                loss = answer_loss(model, batch) / settings.grad_accum
-            loss.backward()
-            step_loss += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        loss_value = step_loss
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        if writer:
-            writer.add_scalar("train/loss", loss_value, step + 1)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step + 1)
-        if on_step:
-            on_step(step + 1, loss_value)
-        if (step + 1) % settings.save_every == 0 and step + 1 < total_steps:
-            ck = out_dir / "checkpoints" / f"step-{step + 1}"
-            model.save_pretrained(str(ck))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "step": step + 1}, ck / "trainer_state.pt")
-            for old in _checkpoints(out_dir)[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    model.eval()
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    _shrink(out_dir / "adapter_model.safetensors")
-    (out_dir / DESCRIPTIONS_FILE).unlink(missing_ok=True)  # a re-trained folder must not keep stale ones
-    if learnt:
-        save_descriptions(out_dir, learnt)
+    schedule = step_schedule(examples, settings)
+    total_steps = len(schedule) // settings.grad_accum
+    optimizer, scheduler = _optimiser(loaded.model, settings, total_steps)
+    start_step = _resume(out_dir, loaded.model, optimizer, scheduler) if resume else 0
+    run = _Loop(loaded, settings, examples, schedule, out_dir, optimizer, scheduler, on_step)
+    run.go(start_step, total_steps, progress, _tensorboard(out_dir) if tensorboard else None)
+    _save(out_dir, loaded.model, learnt)
     meta = {
         "name": name or out_dir.name,
         "version": version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"),
@@ -471,16 +386,143 @@ def train(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapping[str,
                  "skipped": skipped},
         "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "label_descriptions": sorted(learnt or {}),
-        "training": {"steps": total_steps, "seconds": round(seconds, 1), "train_tokens": tokens,
-                     "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
-                     "final_loss": round(loss_value, 4)},
+        "training": {"steps": total_steps, "seconds": round(run.seconds, 1), "train_tokens": run.tokens,
+                     "tokens_per_second": round(run.tokens / run.seconds, 1) if run.seconds else None,
+                     "final_loss": round(run.loss, 4)},
         "metrics": {},
     }
     write_meta(out_dir, meta)
-    if writer:
-        writer.close()
     return TrainResult(adapter_dir=out_dir, steps=total_steps, examples=len(examples), skipped=skipped,
-                       train_tokens=tokens, seconds=seconds, final_loss=loss_value, meta=meta)
+                       train_tokens=run.tokens, seconds=run.seconds, final_loss=run.loss, meta=meta)
+
+
+def step_schedule(examples: Sequence[Example], settings: TrainSettings) -> list[list[int]]:
+    """The batches of every optimiser step (times grad_accum), in order: each epoch a fresh, seeded order."""
+    batches = length_grouped_batches(examples, settings.batch_size, settings.seed)
+    per_epoch = math.ceil(len(batches) / settings.grad_accum)
+    total_steps = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
+    needed = total_steps * settings.grad_accum
+    schedule, epoch = list(batches), 1
+    while len(schedule) < needed:
+        schedule.extend(length_grouped_batches(examples, settings.batch_size, settings.seed + epoch))
+        epoch += 1
+    return schedule[:needed]
+
+
+def _optimiser(model: Any, settings: TrainSettings, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the LoRA weights with linear warm-up and linear decay to zero."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+    warmup = max(1, int(total_steps * settings.warmup_ratio))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def _resume(out_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
+    """Load the latest checkpoint in `out_dir` (weights, optimiser, schedule, RNG); the step to go on from."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = _checkpoints(out_dir)
+    if not found:
+        return 0
+    state = torch.load(found[-1] / "trainer_state.pt", weights_only=False)
+    set_peft_model_state_dict(model, load_file(str(found[-1] / "adapter_model.safetensors")))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming from %s at step %d", found[-1], state["step"])
+    return int(state["step"])
+
+
+def _tensorboard(out_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed; no TensorBoard logs")
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+@dataclass
+class _Loop:
+    """The optimisation loop, with what it measured (tokens, seconds, last loss) kept for the metadata."""
+
+    loaded: LoadedModel
+    settings: TrainSettings
+    examples: Sequence[Example]
+    schedule: Sequence[Sequence[int]]
+    out_dir: Path
+    optimizer: Any
+    scheduler: Any
+    on_step: Callable[[int, float], None] | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+    loss: float = float("nan")
+
+    def go(self, start_step: int, total_steps: int, progress: bool, writer: Any) -> None:
+        from tqdm import tqdm
+
+        model, settings = self.loaded.model, self.settings
+        params = [p for p in model.parameters() if p.requires_grad]
+        use_autocast = not settings.qlora and next(model.parameters()).dtype == torch.bfloat16
+        model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress)
+        for step in range(start_step, total_steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(settings.grad_accum):
+                batch = collate([self.examples[i] for i in self.schedule[step * settings.grad_accum + micro]],
+                                self.loaded.tokenizer.pad_token_id)
+                self.tokens += int(batch["attention_mask"].sum())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_autocast):
+                    loss = answer_loss(model, batch) / settings.grad_accum
+                loss.backward()
+                step_loss += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.loss = step_loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+            self._report(step + 1, writer)
+            if (step + 1) % settings.save_every == 0 and step + 1 < total_steps:
+                self._checkpoint(step + 1)
+        bar.close()
+        if writer:
+            writer.close()
+        self.seconds = time.perf_counter() - t0
+        model.eval()
+
+    def _report(self, step: int, writer: Any) -> None:
+        if writer:
+            writer.add_scalar("train/loss", self.loss, step)
+            writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
+        if self.on_step:
+            self.on_step(step, self.loss)
+
+    def _checkpoint(self, step: int) -> None:
+        ck = self.out_dir / "checkpoints" / f"step-{step}"
+        self.loaded.model.save_pretrained(str(ck))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "step": step}, ck / "trainer_state.pt")
+        for old in _checkpoints(self.out_dir)[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _save(out_dir: Path, model: Any, learnt: Mapping[str, Mapping[str, str]] | None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    _shrink(out_dir / "adapter_model.safetensors")
+    (out_dir / DESCRIPTIONS_FILE).unlink(missing_ok=True)  # a re-trained folder must not keep stale ones
+    if learnt:
+        save_descriptions(out_dir, learnt)
 
 
 def _shrink(weights: Path) -> None:
