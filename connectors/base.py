@@ -5,9 +5,12 @@ webhook is authentic) and a `WritebackPlan` into vendor API calls. Everything el
 vendor-agnostic. Beyond the two required methods a connector may offer optional capabilities, each a small protocol
 the composition root checks for: `TaxonomyChecked` (validate a field map at start-up), `TicketReader` (read the
 ticket back from the vendor before triage, for webhooks that are only hints), `Poller` (fetch new tickets on a
-schedule) and `ClosedTicketSource` (labelled history for retraining). A webhook may also report a `FieldChange` (a
-human edited a field) or a `PollNow` (run the poller now) besides tickets. Connectors are found through the `ticket_triage.connectors` entry-point group, so a new ITSM is a
-package that registers a factory, not a change here. `connectors.generic` is the reference implementation.
+schedule), `ClosedTicketSource` (labelled history for retraining) and `RetriageReader` (read a ticket that gained
+information before it is triaged again). A webhook may also report a `FieldChange` (a human edited a field) or a
+`PollNow` (run the poller now) besides tickets. A ticket whose `extra` carries `retriage` (see `retriage_ticket`) is
+a re-triage: the worker re-scores only the fields no human has set and writes only what changed (README: re-triage).
+Connectors are found through the `ticket_triage.connectors` entry-point group, so a new ITSM is a package that
+registers a factory, not a change here. `connectors.generic` is the reference implementation.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import dataclasses
 import email.utils
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Mapping, Protocol, Union, runtime_checkable
 
@@ -97,10 +100,102 @@ WebhookEvent = Union[InboundTicket, FieldChange, PollNow]
 
 @dataclass(frozen=True)
 class PollResult:
-    """New tickets from one poll, and the cursor to store once they are queued (None: keep the old one)."""
+    """New tickets from one poll, and the cursor to store once they are queued (None: keep the old one).
+
+    `seen`: tickets observed in a state worth remembering but not triaging (a request closed, so that a later
+    update can tell it was reopened); they are stored as inbound events without a job."""
 
     tickets: list[InboundTicket]
     cursor: str | None
+    seen: list[InboundTicket] = dc_field(default_factory=list)
+
+
+# -- re-triage -----------------------------------------------------------------------------------------------------
+
+RETRIAGE = "retriage"  #: the `InboundTicket.extra` key that marks a re-triage
+RETRIAGE_MODES = ("off", "fields", "all")
+#: Why a ticket is triaged again, as the internal note says it ("... after the requester's reply").
+RETRIAGE_REASONS = {"reply": "the requester's reply", "description": "the changed description",
+                    "summary": "the changed summary", "reopened": "the ticket was reopened"}
+
+
+@dataclass(frozen=True)
+class RetriageSettings:
+    """A connector's `retriage` (off | fields | all) and `retriage_fields` settings.
+
+    off: a ticket that gains information is not triaged again. fields: only the fields in `fields` may be
+    re-scored and rewritten. all: every field no human has set."""
+
+    mode: str = "off"
+    fields: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def allows(self, name: str) -> bool:
+        return self.mode == "all" or (self.mode == "fields" and name in self.fields)
+
+    def check(self, taxonomy: Taxonomy, key: str) -> None:
+        """Every name in `retriage_fields` must be an enum field of the taxonomy (text fields are not re-triaged)."""
+        wrong = [n for n in self.fields if n not in taxonomy or not taxonomy[n].is_enum]
+        if wrong:
+            raise ConnectorConfigError(f"{key}.retriage_fields: not enum fields of taxonomy {taxonomy.name!r}: "
+                                       f"{', '.join(map(repr, wrong))} (expected some of "
+                                       f"{', '.join(f.name for f in taxonomy.enum_fields)})")
+
+
+def retriage_settings(settings: Mapping[str, Any], key: str) -> RetriageSettings:
+    """`retriage` and `retriage_fields` from a connector's merged settings, or `ConnectorConfigError` naming the key.
+
+    YAML reads a bare `off` as false, so false is taken for off."""
+    mode = settings.get("retriage", "off")
+    if mode is False:
+        mode = "off"
+    if mode not in RETRIAGE_MODES:
+        raise ConnectorConfigError(f"{key}.retriage: expected one of {', '.join(RETRIAGE_MODES)}, got {mode!r}")
+    names = settings.get("retriage_fields") or []
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConnectorConfigError(f"{key}.retriage_fields: expected a list of taxonomy field names")
+    if mode == "fields" and not names:
+        raise ConnectorConfigError(f"{key}.retriage_fields: retriage is 'fields', so name the fields to re-triage")
+    return RetriageSettings(mode, tuple(n.strip() for n in names))
+
+
+def retriage_ticket(ticket: InboundTicket, reasons: Iterable[str], *, reply: str | None = None,
+                    **more: Any) -> InboundTicket:
+    """`ticket` marked as a re-triage for `reasons` (keys of RETRIAGE_REASONS), with the new reply's text if any.
+
+    The connector's `RetriageReader.read_for_retriage` (or `TicketReader.read_ticket`) reads, before triage, the
+    ticket's text (subject and description) and `vendor`: the label (or raw vendor value when unmapped) of every
+    mapped field on the ticket. The worker then adds the requester's replies: those of the ticket's earlier
+    re-triages, and this one."""
+    reasons = [r for r in dict.fromkeys(reasons) if r in RETRIAGE_REASONS]
+    info: dict[str, Any] = {"reasons": reasons, **more}
+    if reply:
+        info["reply"] = clean_text(reply).strip()
+    return dataclasses.replace(ticket, extra={**ticket.extra, RETRIAGE: info})
+
+
+def retriage_info(ticket: InboundTicket) -> dict[str, Any] | None:
+    """The re-triage data of a ticket, or None for a ticket triaged for the first time."""
+    info = ticket.extra.get(RETRIAGE) if isinstance(ticket.extra, Mapping) else None
+    return info if isinstance(info, dict) else None
+
+
+def with_reply(text: str, reply: str | None, limit: int) -> str:
+    """A ticket's text (subject and description) with a reply after it, cut to `limit` characters."""
+    return "\n\n".join(p for p in (text.strip(), (reply or "").strip()) if p)[:limit]
+
+
+def with_replies(text: str, replies: Iterable[str], limit: int) -> str:
+    """`text` with each reply it does not hold yet after it, oldest first, cut to `limit` characters."""
+    for reply in replies:
+        if reply and reply.strip() and reply.strip() not in text:
+            text = with_reply(text, reply, limit)
+    return text[:limit]
 
 
 @runtime_checkable
@@ -141,13 +236,30 @@ class TicketReader(Protocol):
 
 
 @runtime_checkable
+class RetriageReader(Protocol):
+    """Optional: the worker reads a re-triaged ticket from the vendor before triaging it again, so that the text
+    is whole (a comment webhook carries no description) and the fields' values are those on the ticket now."""
+
+    retriage: RetriageSettings
+
+    def read_for_retriage(self, ticket: InboundTicket) -> InboundTicket:
+        """The ticket now: its text (subject and description; the worker adds the replies), the new reply in
+        `extra['retriage']['reply']` when it is read here, and `extra['retriage']['vendor']` (every mapped field's
+        label on the ticket, the raw value when unmapped); `WritebackError` like a read."""
+        ...
+
+
+@runtime_checkable
 class Poller(Protocol):
     """Optional: a connector that fetches new tickets itself (ManageEngine ServiceDesk Plus)."""
 
     poll_interval: float
 
     def poll(self, cursor: str | None) -> PollResult:
-        """Tickets created after `cursor` (None: the connector's configured starting point), oldest first."""
+        """Tickets created after `cursor` (None: the connector's configured starting point), oldest first.
+
+        A poller with a `retriage` setting that is on is called `poll(cursor, last_seen=...)` (connectors.polling)
+        and may also return re-triage tickets, and tickets to remember in `PollResult.seen`."""
         ...
 
 

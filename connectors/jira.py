@@ -4,8 +4,15 @@ Webhooks (register `https://<daemon>/webhooks/jira` for `jira:issue_created` and
 webhook with a secret is signed `X-Hub-Signature: sha256=<hex HMAC-SHA256 of the raw body>`. Unsigned webhooks
 (Connect/OAuth apps, automation) are refused unless `allow_unsigned_with_url_secret` is on and the URL carries
 `?secret=<url secret>`. `X-Atlassian-Webhook-Identifier` (the same on Jira's retries) is the idempotency key.
-A created issue becomes a ticket; an update never re-triages (no surprise re-writes): a human's change to a
-field we write becomes `FieldChange`s (corrections), and the daemon's own edits (`bot_account_id`) are ignored.
+A created issue becomes a ticket; a human's change to a field we write becomes `FieldChange`s (corrections), and
+the daemon's own edits (`bot_account_id`) are ignored.
+
+Re-triage (`retriage: fields | all`, off by default; subscribe to *Comment created* too): an update that changes
+the summary or description, or reopens the issue (its resolution cleared, or its status moved out of Done, Closed
+or Resolved), and a `comment_created` by the requester (not the bot, not an app, not an internal or restricted
+comment, and by the reporter when the payload names one) queue a re-triage. The worker reads the issue back
+(GET /rest/api/3/issue/{key}: a comment webhook carries no description) and triages summary, description and the
+requester's replies together.
 
 Where each taxonomy field lives in Jira is `targets` (field -> `priority` | `components` | `labels` |
 `customfield_N` (a select list; a cascading select when another field is its `child`) | `child`); the values
@@ -45,8 +52,8 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
-                   json_body)
+from .base import (ConnectorConfigError, FieldChange, RetriageSettings, WebhookEvent, WebhookRejected,
+                   WritebackOutcome, header, json_body, retriage_info, retriage_settings, retriage_ticket, with_reply)
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient, VendorError
 
@@ -56,7 +63,9 @@ NAME = "jira"
 KEY = f"connectors.settings.{NAME}"
 SIGNATURE_HEADER = "X-Hub-Signature"
 IDENTIFIER_HEADER = "X-Atlassian-Webhook-Identifier"
-CREATED, UPDATED = "jira:issue_created", "jira:issue_updated"
+CREATED, UPDATED, COMMENTED = "jira:issue_created", "jira:issue_updated", "comment_created"
+#: Statuses an issue leaves when it is reopened (besides a cleared resolution), compared without case.
+CLOSED_STATUSES = ("done", "closed", "resolved")
 DEFAULTS: dict[str, Any] = {
     "base_url": None, "email": None, "api_token_env": "TRIAGE_JIRA_API_TOKEN", "oauth_token_env": None,
     "secret_env": "TRIAGE_JIRA_WEBHOOK_SECRET", "allow_unsigned_with_url_secret": False,
@@ -66,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "human_set_fields": ["category", "subcategory", "assignment_group"], "default_priority": "Medium",
     "internal_comment": "jsm", "comment_visibility": None,
     "closed_jql": None, "closed_days": 90, "page_size": 100, "timeout": 10.0, "notify_users": True,
+    "retriage": "off", "retriage_fields": [],
 }
 RATE_LIMIT_BACKOFF = 5.0  # seconds before retrying a 429 that names no delay ("Rate limiting" page)
 RESET_HEADER = "X-RateLimit-Reset"
@@ -97,6 +107,7 @@ class JiraOptions:
     closed_days: int = 90
     page_size: int = 100
     notify_users: bool = True  # False: edits send notifyUsers=false (needs Administer Projects)
+    retriage: RetriageSettings = RetriageSettings()
 
 
 class JiraConnector:
@@ -118,6 +129,10 @@ class JiraConnector:
     def __repr__(self) -> str:  # never a secret
         return f"JiraConnector({self.client.base_url!r}, targets={self.targets})"
 
+    @property
+    def retriage(self) -> RetriageSettings:
+        return self.opt.retriage
+
     # -- start-up ----------------------------------------------------------------------------------------------
 
     def check_taxonomy(self, taxonomy: Taxonomy) -> None:
@@ -138,6 +153,7 @@ class JiraConnector:
                         problems.append(f"{KEY}.field_map.{name}.{label}: a Jira label cannot contain spaces")
         if problems:
             raise ConnectorConfigError("; ".join(problems))
+        self.opt.retriage.check(taxonomy, KEY)
         self._taxonomy = taxonomy
 
     # -- webhooks ----------------------------------------------------------------------------------------------
@@ -154,7 +170,7 @@ class JiraConnector:
         if not isinstance(data, dict):
             raise WebhookRejected(400, "expected a JSON object")
         event = data.get("webhookEvent")
-        if event not in (CREATED, UPDATED):
+        if event not in (CREATED, UPDATED, COMMENTED) or (event == COMMENTED and not self.opt.retriage.enabled):
             log.debug("jira webhook %r ignored", event)
             return []
         issue = data.get("issue")
@@ -165,6 +181,16 @@ class JiraConnector:
             raise WebhookRejected(400, "issue.key: expected an issue key such as IT-42")
         user = data.get("user") if isinstance(data.get("user"), dict) else {}
         actor = user.get("accountId") if isinstance(user.get("accountId"), str) else None
+        identifier = (header(headers, IDENTIFIER_HEADER) or "").strip()
+        if len(identifier) > _MAX_IDENTIFIER or any(ord(c) < 32 for c in identifier):
+            raise WebhookRejected(400, f"{IDENTIFIER_HEADER}: at most {_MAX_IDENTIFIER} printable characters")
+        event_key = identifier or hashlib.sha256(body).hexdigest()
+        fields = issue["fields"]
+        if event == COMMENTED:
+            reply = self._requester_reply(data.get("comment"), fields)
+            if reply is None:
+                return []
+            return [self._retriage(key, event_key, issue, ["reply"], reply)]
         if event == UPDATED:
             if self.opt.bot_account_id and actor == self.opt.bot_account_id:
                 return []  # our own write-back echoed back
@@ -174,20 +200,89 @@ class JiraConnector:
             items = changelog.get("items") if isinstance(changelog, dict) else None
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise WebhookRejected(400, "changelog.items: expected a list of objects")
-            return list(self._changes(key, items, actor))
-        fields = issue["fields"]
+            events: list[WebhookEvent] = list(self._changes(key, items, actor))
+            reasons = _gained(items)
+            if reasons and self.opt.retriage.enabled:
+                events.append(self._retriage(key, event_key, issue, reasons))
+            return events
         text = _text(fields)
         if not text.strip():
             raise WebhookRejected(400, "issue has neither summary nor description")
-        identifier = (header(headers, IDENTIFIER_HEADER) or "").strip()
-        if len(identifier) > _MAX_IDENTIFIER or any(ord(c) < 32 for c in identifier):
-            raise WebhookRejected(400, f"{IDENTIFIER_HEADER}: at most {_MAX_IDENTIFIER} printable characters")
         current = {n: v for n, v in self._labels_of(fields).items() if n in self.opt.human_set_fields
                    and not (n == "priority" and v == self.opt.default_priority)}
-        return [InboundTicket(connector=NAME, ref=key, event_key=identifier or hashlib.sha256(body).hexdigest(),
+        return [InboundTicket(connector=NAME, ref=key, event_key=event_key,
                               text=text, project=_name(fields.get("project"), "key"),
                               ticket_type=_name(fields.get("issuetype"), "name"), current=current,
                               extra={"id": str(issue.get("id") or "")})]
+
+    def _requester_reply(self, comment: Any, fields: Mapping[str, Any]) -> str | None:
+        """The comment's text when it is the requester's reply; None for the bot's notes, an app's, an internal
+        or restricted comment, or (when the payload names the reporter) another person's."""
+        if not isinstance(comment, dict):
+            raise WebhookRejected(400, "comment: expected an object")
+        author = comment.get("author") if isinstance(comment.get("author"), dict) else {}
+        author_id = author.get("accountId") if isinstance(author.get("accountId"), str) else None
+        if author_id is None or author_id == self.opt.bot_account_id or author.get("accountType") == "app":
+            return None
+        internal = comment.get("jsdPublic") is False or comment.get("visibility") or any(
+            isinstance(p, dict) and p.get("key") == "sd.public.comment" and p.get("value") == {"internal": True}
+            for p in _list(comment.get("properties")))
+        reporter = fields.get("reporter") if isinstance(fields.get("reporter"), dict) else {}
+        if internal or (isinstance(reporter.get("accountId"), str) and reporter["accountId"] != author_id):
+            return None
+        body = comment.get("body")
+        text = body if isinstance(body, str) else adf_to_text(body)
+        return text.strip()[:_MAX_TEXT] or None
+
+    def _retriage(self, key: str, event_key: str, issue: Mapping[str, Any], reasons: list[str],
+                  reply: str | None = None) -> InboundTicket:
+        """A re-triage ticket; its text and fields are read back from Jira by the worker (`read_for_retriage`)."""
+        fields = issue["fields"]
+        ticket = InboundTicket(connector=NAME, ref=key, event_key=event_key,
+                               text=with_reply(_text(fields), reply, _MAX_TEXT) or key,
+                               project=_name(fields.get("project"), "key"),
+                               ticket_type=_name(fields.get("issuetype"), "name"),
+                               extra={"id": str(issue.get("id") or "")})
+        return retriage_ticket(ticket, reasons, reply=reply)
+
+    def read_for_retriage(self, ticket: InboundTicket) -> InboundTicket:
+        """The issue as Jira has it now: summary and description as the text (the worker adds the replies), the
+        fields a human set (as for a created issue) as `current`, and every mapped field's value as `vendor`."""
+        wanted = ["summary", "description", "project", "issuetype"]
+        wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
+        issue = self.client.json("GET", f"/rest/api/3/issue/{ticket.ref}", params={"fields": ",".join(wanted)})
+        fields = issue.get("fields") if isinstance(issue, dict) else None
+        if not isinstance(fields, dict):
+            raise VendorError(f"Jira GET /rest/api/3/issue/{ticket.ref}: expected an issue with fields",
+                              retryable=True)
+        info = retriage_info(ticket) or {}
+        labels = self._labels_of(fields)
+        current = {n: v for n, v in labels.items() if n in self.opt.human_set_fields
+                   and not (n == "priority" and v == self.opt.default_priority)}
+        return InboundTicket(connector=NAME, ref=ticket.ref, event_key=ticket.event_key,
+                             text=_text(fields) or ticket.text,
+                             project=_name(fields.get("project"), "key") or ticket.project,
+                             ticket_type=_name(fields.get("issuetype"), "name") or ticket.ticket_type,
+                             current=current, extra={**ticket.extra, "retriage": {**info,
+                                                                                  "vendor": self._vendor(fields)}})
+
+    def _vendor(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        """Every mapped field's value on the issue: its label, or Jira's own name or value when unmapped (a value
+        no label stands for is still a value someone set)."""
+        out = dict(self._labels_of(fields))
+        for name, target in self.targets.items():
+            if name in out or name not in self.field_map:
+                continue
+            raw = fields.get(self.targets.get(self._parents.get(name) or "", "") if target == "child" else target)
+            if target == "child":
+                raw = raw.get("child") if isinstance(raw, dict) else None
+            if target == "labels":
+                continue  # labels also hold other teams' tags: only a mapped one says anything
+            values = _list(raw) if target == "components" else [raw]
+            shown = [_name(v, "name") or _name(v, "value") for v in values]
+            if any(shown):
+                out[name] = next(v for v in shown if v)
+        return out
 
     def _authenticate(self, body: bytes, signature: str | None, url_secret: str | None) -> None:
         if signature:
@@ -434,6 +529,23 @@ def _text(fields: Mapping[str, Any]) -> str:
     return "\n\n".join(p for p in (summary.strip(), body.strip()) if p)[:_MAX_TEXT]
 
 
+def _gained(items: list[dict]) -> list[str]:
+    """Why a changelog means the issue gained information: its summary or description changed, or it was reopened
+    (its resolution cleared, or its status moved out of a closed one)."""
+    reasons = []
+    for item in items:
+        name = str(item.get("fieldId") or item.get("field") or "").lower()
+        if name in ("summary", "description") and item.get("fromString") != item.get("toString"):
+            reasons.append(name)
+        elif name == "resolution" and (item.get("from") or item.get("fromString")) and not (
+                item.get("to") or item.get("toString")):
+            reasons.append("reopened")
+        elif name == "status" and str(item.get("fromString") or "").casefold() in CLOSED_STATUSES and \
+                str(item.get("toString") or "").casefold() not in CLOSED_STATUSES:
+            reasons.append("reopened")
+    return list(dict.fromkeys(reasons))
+
+
 _BLOCK_JOIN = {"doc": "\n\n", "blockquote": "\n\n", "panel": "\n\n", "listItem": "\n", "expand": "\n\n",
                "table": "\n", "tableRow": " | ", "tableCell": "\n", "tableHeader": "\n", "layoutSection": "\n\n",
                "layoutColumn": "\n\n", "nestedExpand": "\n\n", "bodiedExtension": "\n\n"}
@@ -591,7 +703,7 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConn
         default_priority=text("default_priority"), internal_comment=internal,
         comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=text("closed_jql"),
         closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000),
-        notify_users=notify)
+        notify_users=notify, retriage=retriage_settings(s, KEY))
     return JiraConnector(client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), options,
                          secret=hook_secret.encode("utf-8") if hook_secret else None,
                          url_secret=url_secret.encode("utf-8") if url_secret else None)

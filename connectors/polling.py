@@ -4,6 +4,11 @@ The cursor is saved only after every ticket of the poll is queued, so a crash be
 rather than skipping one; the queue's (connector, ref, event key) uniqueness turns the repeat into duplicates it
 acknowledges and drops. One poll runs at a time per connector (max one instance, coalesced); a webhook trigger
 that arrives during a poll runs one more poll right after it, so no trigger is lost.
+
+A poller whose `retriage` setting is on also reports tickets that gained information since the daemon last saw them
+(re-triage tickets, queued like new ones); it is called `poll(cursor, last_seen=...)`, where `last_seen(ref)` is
+the payload of the ticket's latest inbound event (None: the daemon never saw the ticket). Tickets it reports as
+`seen` (a request closed) are stored as inbound events without a job, for the next comparison.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from triage_core.policy import Policy
 from triage_core.queue import JobQueue
 from triage_core.store import Store
 
-from .base import Poller, WritebackError
+from .base import RETRIAGE, Poller, RetriageSettings, WritebackError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,8 @@ class PollStats:
     queued: int = 0
     duplicates: int = 0
     filtered: int = 0
+    retriage: int = 0  # of `queued`, re-triages of tickets that gained information
+    seen: int = 0  # ticket states remembered without a job (a request closed)
     errors: int = 0
     last_error: str | None = None
 
@@ -77,8 +84,12 @@ class PollRunner:
         stats = self.stats
         stats.polls += 1
         cursor = self.store.cursor(self.name)
+        settings = getattr(self.poller, "retriage", None)
         try:
-            result = self.poller.poll(cursor)
+            if isinstance(settings, RetriageSettings) and settings.enabled:
+                result = self.poller.poll(cursor, last_seen=lambda ref: self.store.last_event(self.name, ref))
+            else:
+                result = self.poller.poll(cursor)
         except WritebackError as exc:  # vendor down: keep the cursor, the next interval tries again
             stats.errors += 1
             stats.last_error = str(exc)[:500]
@@ -95,8 +106,11 @@ class PollRunner:
                 continue
             if self.queue.submit(ticket).created:
                 stats.queued += 1
+                stats.retriage += RETRIAGE in ticket.extra
             else:
                 stats.duplicates += 1
+        for ticket in result.seen:
+            stats.seen += self.store.record_event(ticket.connector, ticket.ref, ticket.event_key, ticket.to_dict())
         if result.cursor is not None and result.cursor != cursor:
             self.store.save_cursor(self.name, result.cursor)
         if result.tickets:

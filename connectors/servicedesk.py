@@ -8,6 +8,14 @@ millisecond on either side of a poll are neither lost nor repeated. The first po
 ago. A custom trigger may call /webhooks/servicedesk with a shared token header to make the poll run at once; its
 body is never trusted or queued.
 
+Re-triage (`retriage: fields | all`; off by default): each poll also lists requests updated at or after a second
+cursor (last_updated_time ascending, the same "<ms>:<ids>" form, stored after the first as "<created>|u<updated>").
+A request the daemon has triaged is read again when its subject or description differs from what the daemon last
+saw, or when it is open again after the poller saw it closed (a closed request is remembered as an inbound event
+without a job); either queues a re-triage. The daemon's own write-back also moves last_updated_time: that costs
+one read of the request, and nothing is queued because nothing it reads has changed. A requester's reply (a
+conversation) is not read; it does not change the description.
+
 The list answer carries no description, so each new request is read with GET /requests/{id} (one call per new
 ticket; the triage needs the body). Write-back is one PUT /requests/{id} with the mapped fields as {"name": ...}
 objects (an integer in the field map is sent as {"id": ...}), then one note hidden from the requester: Cloud wraps
@@ -30,14 +38,15 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import ConnectorConfigError, PollNow, PollResult, WebhookRejected, WritebackOutcome, header
+from .base import (ConnectorConfigError, PollNow, PollResult, RetriageSettings, WebhookRejected, WritebackOutcome,
+                   header, retriage_info, retriage_settings, retriage_ticket)
 from .fieldmap import FieldMap
 from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
@@ -71,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "field_map": None,
     "review_udf": None,                       # e.g. udf_sline_301: a single-line UDF that receives the marker
     "timeout": 10.0,
+    "retriage": "off",                        # off | fields | all: re-triage a request whose text changed or reopened
+    "retriage_fields": [],                    # with retriage: fields, the taxonomy fields it may rewrite
 }
 ATTRIBUTES = {"category": "category", "subcategory": "subcategory", "priority": "priority",
               "assignment_group": "group", "request_type": "request_type"}
@@ -113,7 +124,8 @@ class ServiceDeskConnector:
     def __init__(self, client: VendorClient, *, cloud: bool, field_map: FieldMap, attributes: Mapping[str, str],
                  webhook_secret: bytes, webhook_header: str, poll_interval: float, lookback_minutes: float,
                  page_size: int, max_pages: int, open_statuses: list[str], closed_statuses: list[str],
-                 current_fields: list[str], review_udf: str | None):
+                 current_fields: list[str], review_udf: str | None,
+                 retriage: RetriageSettings = RetriageSettings()):
         self.client = client
         self.cloud = cloud
         self.field_map = field_map
@@ -128,12 +140,14 @@ class ServiceDeskConnector:
         self.closed_statuses = closed_statuses
         self.current_fields = current_fields
         self.review_udf = review_udf
+        self.retriage = retriage
 
     def __repr__(self) -> str:  # never a secret
         return f"ServiceDeskConnector({self.client.base_url!r}, cloud={self.cloud})"
 
     def check_taxonomy(self, taxonomy: Taxonomy) -> None:
         self.field_map.check(taxonomy)
+        self.retriage.check(taxonomy, f"connectors.settings.{NAME}")
 
     # -- webhook ---------------------------------------------------------------------------------------------
 
@@ -153,9 +167,12 @@ class ServiceDeskConnector:
 
     # -- polling ---------------------------------------------------------------------------------------------
 
-    def poll(self, cursor: str | None) -> PollResult:
-        """Open requests created after the cursor, oldest first, at most `max_pages` pages per poll."""
-        start = self._start_cursor(cursor)
+    def poll(self, cursor: str | None, last_seen: Callable[[str], Any] | None = None) -> PollResult:
+        """Open requests created after the cursor, oldest first, at most `max_pages` pages per poll; with re-triage
+        on and `last_seen` (ref -> payload of the ticket's latest inbound event, None when never seen), also the
+        requests that gained information since."""
+        created_part, _, updated_part = (cursor or "").partition("|")
+        start = self._start_cursor(created_part or None)
         ms, seen = start.ms, set(start.seen)
         criteria = _all_of({"field": "created_time", "condition": "greater or equal", "value": str(start.ms)},
                            _status_criterion(self.open_statuses))
@@ -171,7 +188,75 @@ class ServiceDeskConnector:
                 ms, seen = created, {rid}
             else:
                 seen.add(rid)
-        return PollResult(tickets, str(Cursor(ms, frozenset(seen))))
+        next_cursor = str(Cursor(ms, frozenset(seen)))
+        if not self.retriage.enabled or last_seen is None:  # an updated-cursor is kept for when it is on again
+            return PollResult(tickets, next_cursor + (f"|{updated_part}" if updated_part else ""))
+        updated = self._start_cursor(updated_part[1:] if updated_part.startswith("u") else None)
+        again, observed, updated = self._updated(updated, last_seen, {t.ref for t in tickets})
+        return PollResult(tickets + again, f"{next_cursor}|u{updated}", seen=observed)
+
+    def _updated(self, start: Cursor, last_seen: Callable[[str], Any],
+                 skip: set[str]) -> tuple[list[InboundTicket], list[InboundTicket], Cursor]:
+        """Re-triage tickets for requests updated since `start` that gained information, the closed ones to
+        remember, and the next updated-cursor."""
+        ms, seen = start.ms, set(start.seen)
+        again: list[InboundTicket] = []
+        observed: list[InboundTicket] = []
+        criteria = {"field": "last_updated_time", "condition": "greater or equal", "value": str(start.ms)}
+        for req in self._list(criteria, "last_updated_time", self.max_pages):
+            rid, when = str(req.get("id", "")), _ms(req.get("last_updated_time"))
+            if not rid or when is None or when < start.ms or (when == start.ms and rid in start.seen):
+                continue
+            if when > ms:
+                ms, seen = when, {rid}
+            else:
+                seen.add(rid)
+            last = last_seen(rid) if rid not in skip else None
+            if not isinstance(last, dict):
+                continue  # created in this poll, or never triaged by the daemon: nothing to re-triage
+            before = last.get("extra") if isinstance(last.get("extra"), dict) else {}
+            if str(before.get("last_updated")) == str(when):
+                continue  # the daemon saw this very update already
+            status, was_closed = _name(req.get("status")), self._closed(before.get("status"))
+            if self._closed(status):
+                if not was_closed:  # remembered, so that reopening it later is seen as such
+                    observed.append(InboundTicket(NAME, rid, f"closed:{rid}:{when}", str(last.get("text") or ""),
+                                                  extra={"status": status, "last_updated": when}))
+                continue
+            full = self._detail(req)
+            ticket = self._ticket(full, event_key=f"updated:{rid}:{when}") if full is not None else None
+            if ticket is None:
+                continue
+            reasons = ["description"] if ticket.text != last.get("text") else []
+            reasons += ["reopened"] if was_closed else []
+            if reasons:
+                again.append(retriage_ticket(ticket, reasons, vendor=self._vendor(full)))
+        return again, observed, Cursor(ms, frozenset(seen))
+
+    def _closed(self, status: Any) -> bool:
+        return isinstance(status, str) and status.casefold() in {c.casefold() for c in self.closed_statuses}
+
+    def read_for_retriage(self, ticket: InboundTicket) -> InboundTicket:
+        """The request as SDP has it now, for a re-triage: its text, the fields a human set, every field's value."""
+        full = self._detail({"id": ticket.ref})
+        if full is None:
+            raise VendorError(f"{NAME}: request {ticket.ref} is gone", retryable=False, status=404)
+        info = retriage_info(ticket) or {}
+        fresh = self._ticket(full, event_key=ticket.event_key)
+        return InboundTicket(NAME, ticket.ref, ticket.event_key, _text(full) or ticket.text,
+                             project=fresh.project if fresh else ticket.project,
+                             ticket_type=fresh.ticket_type if fresh else ticket.ticket_type,
+                             current=self._labels(full, self.current_fields),
+                             extra={**ticket.extra, "retriage": {**info, "vendor": self._vendor(full)}})
+
+    def _vendor(self, req: Mapping[str, Any]) -> dict[str, str]:
+        """Every mapped field's value on the request: its label, or the SDP name when the field map has none."""
+        labels = self._labels(req, list(self.attributes))
+        for field in self.field_map.names:
+            raw = _name(req.get(self.attributes.get(field, "")))
+            if field not in labels and raw:
+                labels[field] = raw
+        return labels
 
     def _start_cursor(self, cursor: str | None) -> Cursor:
         if cursor:
@@ -210,7 +295,7 @@ class ServiceDeskConnector:
             return None
         return data.get("request") if isinstance(data.get("request"), dict) else None
 
-    def _ticket(self, req: dict) -> InboundTicket | None:
+    def _ticket(self, req: dict, event_key: str | None = None) -> InboundTicket | None:
         full = self._detail(req)
         if full is None:
             return None
@@ -218,10 +303,12 @@ class ServiceDeskConnector:
         text = _text(full)
         if not text:
             return None
-        return InboundTicket(connector=NAME, ref=rid, event_key=f"created:{rid}", text=text,
+        extra: dict[str, Any] = {"created_time": _ms(full.get("created_time"))}
+        if self.retriage.enabled:  # what a later poll compares with (Store.last_event)
+            extra |= {"status": _name(full.get("status")), "last_updated": _ms(full.get("last_updated_time"))}
+        return InboundTicket(connector=NAME, ref=rid, event_key=event_key or f"created:{rid}", text=text,
                              project=_name(full.get("site")), ticket_type=_name(full.get("request_type")),
-                             current=self._labels(full, self.current_fields),
-                             extra={"created_time": _ms(full.get("created_time"))})
+                             current=self._labels(full, self.current_fields), extra=extra)
 
     def _labels(self, req: Mapping[str, Any], fields: Iterable[str]) -> dict[str, str]:
         """Taxonomy labels of the request's values for `fields`; unmapped values are left out."""
@@ -452,6 +539,7 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ServiceD
     page_size = number("page_size", integer=True)
     if page_size > 100:
         raise ConnectorConfigError(f"{key}.page_size: SDP returns at most 100 rows a page")
+    retriage = retriage_settings(s, key)
     client = VendorClient("ServiceDesk Plus", root, auth, timeout=number("timeout"), headers=headers)
     return ServiceDeskConnector(
         client, cloud=edition == "cloud", field_map=field_map, attributes=attributes,
@@ -460,4 +548,4 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ServiceD
         lookback_minutes=number("initial_lookback_minutes"), page_size=page_size,
         max_pages=number("max_pages", integer=True), open_statuses=names("open_statuses"),
         closed_statuses=names("closed_statuses"), current_fields=names("current_fields", empty_ok=True),
-        review_udf=review_udf)
+        review_udf=review_udf, retriage=retriage)

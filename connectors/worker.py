@@ -3,8 +3,14 @@
 Nothing is lost: a job is completed only after its write-back is recorded; a vendor failure goes back to the
 queue with backoff (Retry-After honoured) and ends parked as dead after the maximum attempts. One job's failure
 is charged to that job alone (a failed batch is triaged again ticket by ticket), and an error in the worker hands
-its jobs back at once; only a dead process leaves jobs leased, and the lease expiring hands them to another worker. A retried job reuses its stored triage result and
-never writes back twice once a write-back is recorded as applied.
+its jobs back at once; only a dead process leaves jobs leased, and the lease expiring hands them to another worker.
+A retried job reuses its stored triage result and never writes back twice once a write-back is recorded as applied.
+
+A re-triage job (a ticket that gained information, `connectors.base.retriage_ticket`) waits for the ticket's earlier
+jobs, is skipped when the daemon never triaged the ticket or the connector's `retriage` is off, is read back from the
+vendor, and is written back only where a field no human has set changed (`Policy.retriage_plan`). A field is
+human-set when a correction of it is recorded, when the vendor shows a value other than the one the daemon last
+wrote, or, never written by the daemon, when the connector reports it as set (`InboundTicket.current`).
 """
 from __future__ import annotations
 
@@ -17,16 +23,22 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from triage_core.policy import Policy
-from triage_core.queue import ClaimedJob, JobQueue, LeaseLost
+from triage_core.policy import Policy, WritebackPlan
+from triage_core.queue import ClaimedJob, InboundTicket, JobQueue, LeaseLost
 from triage_core.store import Store
 from triage_core.text import TextProblem, ticket_text
 from triage_core.triager import TriageError, TriageResult, Triager
 
-from .base import Connector, TicketReader, WritebackError
+from .base import (RETRIAGE_REASONS, Connector, RetriageReader, RetriageSettings, TicketReader, WritebackError,
+                   retriage_info, with_replies)
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+#: Seconds a re-triage job waits, uncharged, while an earlier job of its ticket is queued or running.
+RETRIAGE_WAIT = 5.0
+#: Longest text a re-triage composes (subject, description, replies); the model reads its first tokens anyway.
+MAX_RETRIAGE_TEXT = 100_000
 
 
 @dataclass
@@ -87,6 +99,7 @@ class Worker(threading.Thread):
         ctx = self.ctx
         results: dict[int, tuple[int, TriageResult]] = {}
         fresh = []
+        jobs = [j for j in (self._retriage_gate(j) for j in jobs) if j is not None]
         jobs = [j for j in (self._read_back(j) for j in jobs) if j is not None]
         triager = ctx.triager  # the whole batch uses one model, even if a hot reload swaps it meanwhile
         for job in jobs:
@@ -179,13 +192,85 @@ class Worker(threading.Thread):
             log.warning("job %d (%s %s) attempt %d handed back: %s -> %s", job.id, job.ticket.connector,
                         job.ticket.ref, job.attempts, error.splitlines()[0][:200], state)
 
-    def _read_back(self, job: ClaimedJob) -> ClaimedJob | None:
-        """For connectors whose webhooks are only hints, the ticket as the vendor has it now (None: failed)."""
-        connector = self.ctx.connectors.get(job.ticket.connector)
-        if not isinstance(connector, TicketReader) or self.ctx.store.writeback_applied(job.id):
+    def _retriage_gate(self, job: ClaimedJob) -> ClaimedJob | None:
+        """A re-triage job goes on only when it may: None when it was postponed (an earlier job of its ticket is
+        unfinished) or completed as skipped (re-triage is off, or the daemon never triaged the ticket)."""
+        ctx, ticket = self.ctx, job.ticket
+        if retriage_info(ticket) is None:
             return job
         try:
-            ticket = connector.read_ticket(job.ticket)
+            if ctx.store.result_for_job(job.id) is not None:
+                return job  # a retry after a failed write-back: it passed the gate then
+            settings = getattr(ctx.connectors.get(ticket.connector), "retriage", None)
+            if not isinstance(settings, RetriageSettings) or not settings.enabled:
+                self._skip(job, "re-triage is off for this connector")
+                return None
+            earlier = ctx.store.earlier_jobs(ticket.connector, ticket.ref, job.id)
+            if earlier["queued"] or earlier["running"]:
+                if ctx.store.postpone_job(job.id, self.name, RETRIAGE_WAIT,
+                                          "re-triage waits for an earlier job of the ticket"):
+                    log.info("job %d (%s %s): re-triage waits for an earlier job of the ticket", job.id,
+                             ticket.connector, ticket.ref)
+                return None
+            if not earlier["done"]:
+                self._skip(job, "the daemon has no finished triage of this ticket to revise")
+                return None
+        except LeaseLost as exc:
+            log.warning("%s: %s", self.name, exc)
+            return None
+        except Exception as exc:
+            log.exception("%s: the re-triage check of job %d crashed", self.name, job.id)
+            self._release([job], f"crashed: {exc!r}")
+            return None
+        return job
+
+    def _skip(self, job: ClaimedJob, why: str, note: str | None = None) -> None:
+        """Complete a re-triage job that writes nothing, recorded as a skipped write-back saying why."""
+        ctx, ticket = self.ctx, job.ticket
+        result = ctx.store.result_for_job(job.id)
+        ctx.store.record_writeback(job.id, result[0] if result else None, ticket.connector, ticket.ref, "skipped",
+                                   fields_sent={}, suggested={}, needs_review=False, note=note,
+                                   detail=f"re-triage: {why}")
+        ctx.metrics.writebacks.labels(ticket.connector, "skipped").inc()
+        ctx.queue.complete(job.id, self.name)
+        log.info("job %d (%s %s): re-triage wrote nothing: %s", job.id, ticket.connector, ticket.ref, why)
+
+    def _read_back(self, job: ClaimedJob) -> ClaimedJob | None:
+        """For connectors whose webhooks are only hints, and for re-triages, the ticket as the vendor has it now
+        (None: failed); a re-triage's text then gets the requester's replies."""
+        job = self._read_vendor(job)
+        if job is None or retriage_info(job.ticket) is None:
+            return job
+        try:
+            return self._with_replies(job)
+        except Exception as exc:
+            log.exception("%s: collecting the replies of job %d crashed", self.name, job.id)
+            self._release([job], f"crashed: {exc!r}")
+            return None
+
+    def _with_replies(self, job: ClaimedJob) -> ClaimedJob:
+        """The re-triage's text: subject and description, then the replies earlier re-triages read, then this one's
+        (kept in its inbound event for later ones)."""
+        ticket, info = job.ticket, retriage_info(job.ticket) or {}
+        reply = info.get("reply") if isinstance(info.get("reply"), str) else None
+        replies = self.ctx.store.retriage_replies(ticket.connector, ticket.ref, job.event_id)
+        if reply:
+            self.ctx.store.keep_reply(job.event_id, reply)
+        text = with_replies(ticket.text, [*replies, reply or ""], MAX_RETRIAGE_TEXT)
+        return job if text == ticket.text else dataclasses.replace(job, ticket=dataclasses.replace(ticket, text=text))
+
+    def _read_vendor(self, job: ClaimedJob) -> ClaimedJob | None:
+        connector = self.ctx.connectors.get(job.ticket.connector)
+        if retriage_info(job.ticket) is not None and isinstance(connector, RetriageReader):
+            read = connector.read_for_retriage
+        elif isinstance(connector, TicketReader):
+            read = connector.read_ticket
+        else:
+            return job
+        if self.ctx.store.writeback_applied(job.id):
+            return job
+        try:
+            ticket = read(job.ticket)
         except WritebackError as exc:
             self._fail(job, f"reading the ticket back failed: {exc}", retry_after=exc.retry_after,
                        permanent=not exc.retryable)
@@ -202,7 +287,14 @@ class Worker(threading.Thread):
         if ctx.store.writeback_applied(job.id):
             ctx.queue.complete(job.id, self.name)
             return
-        plan = ctx.policy.plan(result, ticket)
+        info = retriage_info(ticket)
+        if info is None:
+            plan = ctx.policy.plan(result, ticket)
+        else:
+            plan, ticket = self._retriage_plan(ticket, info, result, getattr(connector, "retriage", None))
+            if not plan.apply and not plan.suggest:
+                self._skip(job, "nothing changed", note=plan.note)
+                return
         common = dict(fields_sent=plan.apply, suggested=plan.suggest, needs_review=plan.needs_review,
                       note=plan.note)
         if plan.shadow:
@@ -229,6 +321,34 @@ class Worker(threading.Thread):
                                    vendor_status=outcome.status, detail=outcome.detail, **common)
         ctx.metrics.writebacks.labels(ticket.connector, outcome.outcome).inc()
         ctx.queue.complete(job.id, self.name)
+
+    def _retriage_plan(self, ticket: InboundTicket, info: dict, result: TriageResult,
+                       settings: RetriageSettings | None) -> tuple[WritebackPlan, InboundTicket]:
+        """The re-triage plan, and the ticket to write it to (its `current`: every value the ticket carries, so a
+        connector finds the parent of a dependent field it writes alone)."""
+        store = self.ctx.store
+        vendor = info.get("vendor") if isinstance(info.get("vendor"), dict) else dict(ticket.current)
+        before: dict[str, str | None] = {}
+        human: set[str] = set()
+        for name in result.ticket:
+            if result.confidence.get(name) is None:
+                continue
+            value = vendor.get(name)
+            before[name] = str(value) if value not in (None, "") else None
+            written = store.written_value(ticket.connector, ticket.ref, name)
+            if store.last_correction(ticket.connector, ticket.ref, name) is not None:
+                human.add(name)  # a human corrected what the daemon wrote
+            elif written is not None:
+                if before[name] != written[1]:
+                    human.add(name)  # the vendor shows something else than the daemon wrote: a human's value
+            elif name in ticket.current:
+                human.add(name)  # never written by the daemon, and set on the ticket in a way that counts as human
+        reasons = [RETRIAGE_REASONS.get(r, str(r)) for r in info.get("reasons") or []]
+        why = " and ".join(reasons) or "new information on the ticket"
+        settings = settings if isinstance(settings, RetriageSettings) else RetriageSettings("all")
+        plan = self.ctx.policy.retriage_plan(result, before=before, human=human, allowed=settings.allows, why=why)
+        carried = {name: value for name, value in before.items() if value}
+        return plan, dataclasses.replace(ticket, current=carried)
 
     def _fail(self, job: ClaimedJob, error: str, retry_after: float | None = None, permanent: bool = False) -> None:
         try:

@@ -4,8 +4,13 @@ Zoho Desk signs no body. Each delivery (a JSON array of events) carries an RS256
 say which organisation (`iss` "orgId:<id>") and which webhook (`aud` "webhookId:<id>") sent it; the keys are the
 data centre's JWKS. Because the token does not cover the body, the payload is only a hint: the worker reads the
 ticket back (`read_ticket`, GET /api/v1/tickets/{id}) and triages what the API returns. Ticket_Update events with
-`prevState` (subscribe with includePrevState) become `FieldChange`s, the retraining signal; they are never
-re-triaged.
+`prevState` (subscribe with includePrevState) become `FieldChange`s, the retraining signal.
+
+Re-triage (`retriage: fields | all`, off by default): a Ticket_Update whose prevState shows a changed subject or
+description, or a ticket reopened (its status was `closed_status`), and a Ticket_Thread_Add with direction `in` (a
+reply from the customer; subscribe with that direction) queue a re-triage. The worker reads the ticket back, and
+the thread (GET .../threads/{id}, whose direction must be `in` there too), and triages subject, description and
+the reply together. The daemon's own write-back (a PATCH of triage fields and a private comment) is neither.
 
 Write-back: one PATCH /api/v1/tickets/{id} with the applied fields (category, subCategory, priority,
 classification, teamId and optionally departmentId), the review marker as a tag (POST .../associateTag, Zoho has
@@ -16,7 +21,7 @@ Settings (connectors.settings.zoho): org_id (required), desk_url (https://desk.z
 (https://accounts.zoho.com), webhook_ids ([]: any webhook of the org), jwks_url (<desk_url>/.well-known/jwks.json),
 client_id_env / client_secret_env / refresh_token_env (TRIAGE_ZOHO_CLIENT_ID / _CLIENT_SECRET / _REFRESH_TOKEN),
 field_map, team_departments ({assignment_group label: departmentId}), closed_status (Closed), page_size (100),
-timeout (10), jwt_leeway (60 s), jwks_refetch_seconds (60).
+timeout (10), jwt_leeway (60 s), jwks_refetch_seconds (60), retriage (off | fields | all), retriage_fields ([]).
 """
 from __future__ import annotations
 
@@ -37,8 +42,8 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, FieldChange, WebhookEvent, WebhookRejected, WritebackOutcome, header,
-                   json_body)
+from .base import (ConnectorConfigError, FieldChange, RetriageSettings, WebhookEvent, WebhookRejected,
+                   WritebackOutcome, header, json_body, retriage_info, retriage_settings, retriage_ticket)
 from .fieldmap import FieldMap
 from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
@@ -48,7 +53,7 @@ log = logging.getLogger(__name__)
 
 NAME = "zoho"
 JWT_HEADER = "X-ZDesk-JWT"
-TICKET_ADD, TICKET_UPDATE = "Ticket_Add", "Ticket_Update"
+TICKET_ADD, TICKET_UPDATE, THREAD_ADD = "Ticket_Add", "Ticket_Update", "Ticket_Thread_Add"
 #: Taxonomy field -> Zoho Desk ticket attribute. The field map's assignment_group values are team ids.
 ZOHO_FIELDS = {"category": "category", "subcategory": "subCategory", "priority": "priority",
                "request_type": "classification", "assignment_group": "teamId"}
@@ -69,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
     "timeout": 10.0,
     "jwt_leeway": 60.0,
     "jwks_refetch_seconds": 60.0,
+    "retriage": "off",
+    "retriage_fields": [],
 }
 _ID = re.compile(r"^[0-9]{1,30}$")  # Zoho ids are digit strings; anything else never reaches a URL path
 _MAX_BODY = 1 << 20
@@ -131,7 +138,8 @@ class ZohoConnector:
 
     def __init__(self, client: VendorClient, keys: _Keys, org_id: str, field_map: FieldMap, *,
                  webhook_ids: Iterable[str] = (), team_departments: Mapping[str, str] | None = None,
-                 closed_status: str = "Closed", page_size: int = 100, jwt_leeway: float = 60.0):
+                 closed_status: str = "Closed", page_size: int = 100, jwt_leeway: float = 60.0,
+                 retriage: RetriageSettings = RetriageSettings()):
         self.client = client
         self.keys = keys
         self.org_id = org_id
@@ -141,6 +149,7 @@ class ZohoConnector:
         self.closed_status = closed_status
         self.page_size = page_size
         self.jwt_leeway = jwt_leeway
+        self.retriage = retriage
 
     def __repr__(self) -> str:  # never a token
         return f"ZohoConnector({self.client.base_url!r}, org_id={self.org_id!r})"
@@ -205,13 +214,15 @@ class ZohoConnector:
         if not isinstance(event, dict) or not isinstance(event.get("eventType"), str):
             raise WebhookRejected(400, f"{where}: expected an object with eventType")
         kind = event["eventType"]
-        if kind not in (TICKET_ADD, TICKET_UPDATE):
-            return []  # other subscriptions (threads, contacts) are not ours to triage
+        if kind not in (TICKET_ADD, TICKET_UPDATE, THREAD_ADD) or (kind == THREAD_ADD and not self.retriage.enabled):
+            return []  # other subscriptions (comments, contacts) are not ours to triage
         payload, org = event.get("payload"), event.get("orgId")
         if not isinstance(payload, dict):
             raise WebhookRejected(400, f"{where}: payload: expected the ticket object")
         if org is not None and str(org) != self.org_id:
             raise WebhookRejected(400, f"{where}: orgId does not match the token's organisation")
+        if kind == THREAD_ADD:
+            return self._thread(payload, where)
         ref = str(payload.get("id") or "")
         if not _ID.match(ref):
             raise WebhookRejected(400, f"{where}: payload.id: expected a Zoho ticket id (digits)")
@@ -223,11 +234,42 @@ class ZohoConnector:
             prev = event.get("prevState")
             if prev is not None and not isinstance(prev, dict):
                 raise WebhookRejected(400, f"{where}: prevState: expected an object")
-            return self._changes(ref, payload, prev or {})
+            out: list[WebhookEvent] = list(self._changes(ref, payload, prev or {}))
+            reasons = self._gained(payload, prev or {})
+            if reasons and self.retriage.enabled:
+                hint = InboundTicket(connector=self.name, ref=ref, event_key=f"{ref}:{kind}:{when}",
+                                     text=_ticket_text(payload) or f"Zoho Desk ticket {ref}",
+                                     project=_str(payload.get("departmentId")), extra=_extra(payload))
+                out.append(retriage_ticket(hint, reasons))
+            return out
         return [InboundTicket(connector=self.name, ref=ref, event_key=f"{ref}:{kind}:{when}",
                               text=_ticket_text(payload) or f"Zoho Desk ticket {ref}",
                               project=_str(payload.get("departmentId")), current=self._current(payload),
                               extra=_extra(payload))]
+
+    def _thread(self, payload: Mapping[str, Any], where: str) -> list[WebhookEvent]:
+        """A thread added to a ticket: a re-triage when it came in from the customer (direction `in`); the
+        worker reads the thread back and checks that direction again, since Zoho signs no body."""
+        ref, thread = str(payload.get("ticketId") or ""), str(payload.get("id") or "")
+        if not _ID.match(ref) or not _ID.match(thread):
+            raise WebhookRejected(400, f"{where}: payload.ticketId and payload.id: expected Zoho ids (digits)")
+        if payload.get("direction") != "in":
+            return []  # an agent's reply, or the daemon's own: no new information from the requester
+        hint = InboundTicket(connector=self.name, ref=ref, event_key=f"{ref}:{THREAD_ADD}:{thread}",
+                             text=f"Zoho Desk ticket {ref}")
+        return [retriage_ticket(hint, ["reply"], thread_id=thread)]
+
+    def _gained(self, now: Mapping[str, Any], prev: Mapping[str, Any]) -> list[str]:
+        """Why an update means the ticket gained information: prevState shows another subject or description, or
+        the ticket was closed and is not any more."""
+        reasons = [reason for attr, reason in (("subject", "summary"), ("description", "description"))
+                   if attr in prev and prev[attr] != now.get(attr)]
+        closed = self.closed_status.casefold()
+        was = [str(prev.get(k) or "").casefold() for k in ("status", "statusType") if k in prev]
+        if closed in was and str(now.get("status") or "").casefold() != closed and \
+                str(now.get("statusType") or "").casefold() != "closed":
+            reasons.append("reopened")
+        return reasons
 
     def _changes(self, ref: str, now: Mapping[str, Any], prev: Mapping[str, Any]) -> list[FieldChange]:
         """Mapped fields whose value differs from prevState (which holds only what changed)."""
@@ -248,6 +290,27 @@ class ZohoConnector:
         data = self._ticket(ticket.ref)
         return dataclasses.replace(ticket, text=_ticket_text(data), project=_str(data.get("departmentId")),
                                    current=self._current(data), extra={**ticket.extra, **_extra(data)})
+
+    def read_for_retriage(self, ticket: InboundTicket) -> InboundTicket:
+        """`read_ticket`, plus the customer's reply (the thread, read back: its direction must be `in`; the worker
+        adds it after subject and description) and every mapped field's value as `vendor`."""
+        data = self._ticket(ticket.ref)
+        info = dict(retriage_info(ticket) or {})
+        thread_id = str(info.get("thread_id") or "")
+        if thread_id:
+            if not _ID.match(thread_id):
+                raise VendorError(f"Zoho Desk: {thread_id!r} is not a thread id", retryable=False)
+            thread = self.client.json("GET", f"/api/v1/tickets/{ticket.ref}/threads/{thread_id}") or {}
+            if isinstance(thread, dict) and thread.get("direction") == "in":
+                body = thread.get("content") if isinstance(thread.get("content"), str) else thread.get("summary")
+                info["reply"] = html_to_text(body) if isinstance(body, str) else ""
+            else:  # the webhook said "in", the API does not: no reply from the customer to read
+                info["reasons"] = [r for r in info.get("reasons") or [] if r != "reply"]
+                info.pop("reply", None)
+        current = self._current(data)
+        return dataclasses.replace(ticket, text=_ticket_text(data),
+                                   project=_str(data.get("departmentId")), current=current,
+                                   extra={**ticket.extra, **_extra(data), "retriage": {**info, "vendor": current}})
 
     def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
         """One PATCH (skipped when nothing maps), the review tag when needed, then one private comment."""
@@ -314,6 +377,7 @@ class ZohoConnector:
 
     def check_taxonomy(self, taxonomy: Taxonomy) -> None:
         self.field_map.check(taxonomy)
+        self.retriage.check(taxonomy, f"connectors.settings.{NAME}")
         groups = taxonomy["assignment_group"].values if "assignment_group" in taxonomy else ()
         stray = [label for label in self.team_departments if label not in groups]
         if stray:
@@ -486,4 +550,4 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ZohoConn
     return ZohoConnector(client, keys, org_id, field_map, webhook_ids=[str(i) for i in ids],
                          team_departments={str(k): str(v) for k, v in departments.items()},
                          closed_status=s["closed_status"].strip(), page_size=numbers["page_size"],
-                         jwt_leeway=float(numbers["jwt_leeway"]))
+                         jwt_leeway=float(numbers["jwt_leeway"]), retriage=retriage_settings(s, key))

@@ -1,7 +1,8 @@
 """A local fake of the Jira Cloud REST API v3 parts the connector uses, strict about the documented shapes.
 
-Edit issue (PUT /rest/api/3/issue/{key}: {"fields", "update"}, 204 No Content; a field in both is a 400; the
-`notifyUsers` query parameter), add comment (POST .../comment: an ADF `body`, optional `properties` and
+Get issue (GET /rest/api/3/issue/{key}: the `fields` listed, comma-separated), edit issue (PUT
+/rest/api/3/issue/{key}: {"fields", "update"}, 204 No Content; a field in both is a 400; the `notifyUsers` query
+parameter), add comment (POST .../comment: an ADF `body`, optional `properties` and
 `visibility`; 201 with the comment), get current user (GET /rest/api/3/myself, with `timeZone`), enhanced search
 (POST /rest/api/3/search/jql: an explicit `fields` list, `maxResults`, `nextPageToken`; answers `issues`,
 `nextPageToken` and `isLast`; without `fields` only ids come back, as on Jira; the JQL is evaluated), and the
@@ -30,6 +31,8 @@ _EDIT_KEYS = {"fields", "update", "historyMetadata", "properties", "transition"}
 # Edit issue: the documented query parameters (developer.atlassian.com, REST v3, "Edit issue")
 _EDIT_QUERY = {"notifyUsers", "overrideScreenSecurity", "overrideEditableFlag", "returnIssue", "expand"}
 _COMMENT_KEYS = {"body", "properties", "visibility"}
+# Get issue: the documented query parameters (developer.atlassian.com, REST v3, "Get issue")
+_GET_QUERY = {"fields", "fieldsByKeys", "expand", "properties", "updateHistory", "failFast"}
 _SEARCH_KEYS = {"jql", "fields", "maxResults", "nextPageToken", "expand", "properties", "fieldsByKeys",
                 "failFast", "reconcileIssues"}
 _MISSING = "Issue does not exist or you do not have permission to see it."
@@ -133,6 +136,8 @@ class FakeJira(FakeVendor):
         if req.method in ("PUT", "POST"):
             if (req.header("Content-Type") or "").split(";")[0].strip() != "application/json":
                 raise Problem("Content-Type: application/json is required")
+        if req.method == "GET" and (m := _ISSUE.match(req.path)):
+            return self._get(m[1], req.query)
         if req.method == "PUT" and (m := _ISSUE.match(req.path)):
             return self._edit(m[1], req.json(), req.query)
         if req.method == "POST" and (m := _COMMENT.match(req.path)):
@@ -158,6 +163,19 @@ class FakeJira(FakeVendor):
         if self.time_zone:
             me["timeZone"] = self.time_zone
         return Reply(200, me)
+
+    # -- GET /rest/api/3/issue/{key} -------------------------------------------------------------------------
+
+    def _get(self, key: str, query: Mapping[str, list[str]]) -> Reply:
+        """Get issue: the issue with the fields named in `fields` (comma-separated; all without it)."""
+        if not set(query) <= _GET_QUERY or any(len(v) != 1 for v in query.values()):
+            raise Problem(f"get-issue query parameters must be among {sorted(_GET_QUERY)}, once each, got {query!r}")
+        issue = self.issues.get(key)
+        if issue is None:
+            return _error(404, _MISSING)
+        wanted = [f for f in query["fields"][0].split(",") if f] if "fields" in query else list(issue["fields"])
+        return Reply(200, {"id": issue["id"], "key": key, "self": f"{self.url}/rest/api/3/issue/{issue['id']}",
+                           "fields": {f: issue["fields"].get(f) for f in wanted}})
 
     # -- PUT /rest/api/3/issue/{key} -------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ technician key or OAuth token with 4022 and HTTP 401, and its Zoho accounts serv
 tests/fake_zoho.Accounts) rations and expires tokens. Answers use SDP's shapes: list answers carry `requests`,
 `list_info` (has_more_rows, start_index, row_count) and a `response_status` list, single-entity answers a
 `response_status` object, errors {"response_status": {"status_code": 4000, "messages": [...], "status": "failed"}}.
-Lists omit `description`, as SDP's list view does.
+Lists omit `description`, as SDP's list view does. Every request carries `last_updated_time`, moved by each edit and
+note (the API's own as well as a human's, `human_edit`), and lists sort and search on it.
 
 Every rule names the page it follows, under manageengine.com/products/service-desk/: sdpop-v3-api/ (on-premises)
 and sdpod-v3-api/ (Cloud), getting-started/ and requests/.
@@ -36,7 +37,7 @@ _LIST_KEYS = {"row_count", "start_index", "sort_field", "sort_order", "get_total
               "fields_required", "page"}
 _CONDITIONS = {"is": "eq", "=": "eq", "eq": "eq", "greater than": "gt", "gt": "gt", "greater or equal": "gte",
                "gte": "gte", "lesser than": "lt", "lt": "lt", "lesser or equal": "lte", "lte": "lte"}
-_CRITERIA_FIELDS = {"created_time", "completed_time", "status.name"}
+_CRITERIA_FIELDS = {"created_time", "completed_time", "last_updated_time", "status.name"}
 _EDITABLE = {"category", "subcategory", "priority", "group", "request_type", "impact", "urgency", "level", "mode"}
 #: Lookups the fake knows the values of; the others (impact, urgency, level, mode) accept any name.
 _LOOKUPS = ("category", "subcategory", "priority", "group", "request_type")
@@ -108,7 +109,8 @@ class FakeServiceDesk(FakeVendor):
             created = int(time.time() * 1000) if created_ms is None else created_ms
             self.tickets[rid] = {
                 "id": rid, "display_id": rid, "subject": subject, "description": description,
-                "created_time": when(created), "status": {"id": "2", "name": status},
+                "created_time": when(created), "last_updated_time": when(created),
+                "status": {"id": "2", "name": status},
                 "completed_time": when(completed_ms) if completed_ms is not None else None,
                 **{k: None for k in ("category", "subcategory", "priority", "group", "request_type", "site")},
                 **{k: ({"name": v} if v else None) for k, v in named.items()},
@@ -118,6 +120,22 @@ class FakeServiceDesk(FakeVendor):
     def delete(self, rid: str) -> None:
         with self._data_lock:
             del self.tickets[rid]
+
+    def human_edit(self, rid: str, *, status: str | None = None, **changes: str | None) -> None:
+        """A technician or the requester changes the request in SDP's UI: subject, description, a status, or a
+        lookup by name (category, priority, group, ...); last_updated_time moves as SDP moves it."""
+        with self._data_lock:
+            ticket = self.tickets[rid]
+            for name, value in changes.items():
+                ticket[name] = value if name in ("subject", "description") else ({"name": value} if value else None)
+            if status is not None:
+                ticket["status"] = {"id": "2", "name": status}
+            self._touch(ticket)
+
+    def _touch(self, ticket: dict) -> None:
+        """last_updated_time moves forward on every change, one millisecond at least."""
+        ms = max(int(time.time() * 1000), int(ticket["last_updated_time"]["value"]) + 1)
+        ticket["last_updated_time"] = when(ms)
 
     def list_inputs(self) -> list[dict]:
         """The input_data of every list call, decoded."""
@@ -201,7 +219,7 @@ class FakeServiceDesk(FakeVendor):
         if info.get("sort_order", "asc") not in ("asc", "desc"):
             raise Problem("sort_order is asc or desc")
         sort_field = info.get("sort_field", "created_time")
-        if sort_field not in ("created_time", "completed_time", "id"):
+        if sort_field not in ("created_time", "completed_time", "last_updated_time", "id"):
             raise Problem(f"unexpected sort_field {sort_field!r}")
         if "get_total_count" in info and not isinstance(info["get_total_count"], bool):
             raise Problem("get_total_count is a boolean")
@@ -258,6 +276,7 @@ class FakeServiceDesk(FakeVendor):
                 return Reply(400, refused)
             self.edits.setdefault(rid, []).append(fields)
             ticket.update({k: self._resolved(k, v) for k, v in fields.items() if k != "udf_fields"})
+            self._touch(ticket)
             return Reply(200, {"request": dict(ticket), "response_status": OK})
 
     def _unknown_value(self, ticket: dict, fields: dict) -> dict | None:
@@ -305,6 +324,7 @@ class FakeServiceDesk(FakeVendor):
                 return Reply(404, sdp_error(NOT_FOUND, f"Request {rid} does not exist"))
             notes = self.notes.setdefault(rid, [])
             notes.append(note)
+            self._touch(self.tickets[rid])
             return Reply(201, {wrapper: {"id": str(len(notes)), **note}, "response_status": OK})
 
 

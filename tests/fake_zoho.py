@@ -138,6 +138,7 @@ class FakeZoho(FakeVendor):
         self.tickets: dict[str, dict] = {}
         self.comments: dict[str, list[dict]] = {}
         self.tags: dict[str, list[str]] = {}
+        self.threads: dict[str, list[dict]] = {}  # ticket id -> its threads (emails in and out), oldest first
         self.accounts = Accounts(CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN)
         self.picklists: dict[str, set[str]] = {"priority": set(PRIORITIES), "classification": set(CLASSIFICATIONS),
                                                "category": set()}
@@ -161,6 +162,25 @@ class FakeZoho(FakeVendor):
         ticket.update(fields)
         self.tickets[ticket_id] = ticket
         return ticket
+
+    def add_thread(self, ticket_id: str, content: str, *, direction: str = "in") -> dict:
+        """A thread on the ticket as GET .../threads/{id} returns it (DeskAPIDocument#Threads#Threads_Getathread):
+        `in` is an email from the customer, `out` an agent's reply; `content` is HTML."""
+        ticket = self.tickets[ticket_id]
+        thread = {"id": str(1892000000900000 + next(self._ids)), "channel": "EMAIL", "direction": direction,
+                  "content": content, "contentType": "text/html", "summary": content[:100],
+                  "author": {"name": "Carol" if direction == "in" else "Agent", "email": ticket["email"],
+                             "type": "END_USER" if direction == "in" else "AGENT"},
+                  "isDescriptionThread": False, "visibility": "public", "createdTime": zoho_time(time.time())}
+        self.threads.setdefault(ticket_id, []).append(thread)
+        ticket["modifiedTime"] = thread["createdTime"]
+        return thread
+
+    def thread_event(self, ticket_id: str, thread: dict) -> dict:
+        """The Ticket_Thread_Add event Zoho delivers for `thread` (WebhookDocument.do: the thread as payload)."""
+        payload = {k: thread[k] for k in ("id", "channel", "direction", "summary", "author", "createdTime")}
+        return {"eventType": "Ticket_Thread_Add", "orgId": ORG_ID, "eventTime": str(int(time.time() * 1000)),
+                "payload": {**payload, "ticketId": ticket_id}}
 
     def expire_tokens(self) -> None:
         """Every access token issued so far is now refused (expired or revoked on Zoho's side)."""
@@ -239,6 +259,10 @@ class FakeZoho(FakeVendor):
             raise Problem(f"orgId header must be the organisation id, got {req.header('orgId')!r}")
         if req.path == "/api/v1/tickets/search" and req.method == "GET":
             return self._search(req)
+        thread = re.fullmatch(r"/api/v1/tickets/([0-9]+)/threads/([0-9]+)", req.path)
+        if thread and req.method == "GET":  # DeskAPIDocument#Threads#Threads_Getathread
+            found = [t for t in self.threads.get(thread.group(1), []) if t["id"] == thread.group(2)]
+            return Reply(200, found[0]) if found else Reply(404, NOT_FOUND)
         m = re.fullmatch(r"/api/v1/tickets/([0-9]+)(/associateTag|/comments)?", req.path)
         if not m:
             raise Problem("no such endpoint")

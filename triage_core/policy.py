@@ -14,12 +14,16 @@ Rules, per field of the result:
   * a dependent field (subcategory) is written only when the ticket will carry the parent value it was chosen
     under; otherwise it would pair a subcategory with a category it does not belong to.
 In shadow mode the plan is computed the same way (so it can be stored and evaluated) but marked as writing nothing.
+
+A re-triage (`Policy.retriage_plan`, a ticket that gained information) follows the same modes and thresholds for the
+fields it may touch, but writes only values that differ from what the ticket carries, never a field a human has
+set (whatever `overwrite_human` says), and no review marker; its note says what changed and why.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .config import DEFAULTS, ConfigError
 from .taxonomy import Taxonomy
@@ -188,6 +192,48 @@ class Policy:
         plan.note = _note(result, ticket, plan, below, self.rule)
         return plan
 
+    def retriage_plan(self, result: TriageResult, *, before: Mapping[str, str | None], human: Iterable[str],
+                      allowed: Callable[[str], bool], why: str) -> WritebackPlan:
+        """The plan for triaging a ticket again after it gained information (`why`: "the requester's reply").
+
+        Only enum fields that `allowed` lets through and that no human has set (`human`) are re-scored. A value is
+        written when it differs from what the ticket carries now (`before`: label per field, None when unset) and
+        clears its threshold; in suggest mode it is named in the note instead. A dependent field counts as changed
+        when its parent is rewritten, and is written only under the parent value it was chosen for. When neither
+        `apply` nor `suggest` has anything, nothing is to be written at all (the note then only explains why)."""
+        plan = WritebackPlan(shadow=self.shadow)
+        human = set(human)
+        changes: dict[str, str | None] = {}  # field -> the value it replaces
+        below: dict[str, float] = {}  # field -> the threshold it missed
+        kept: list[str] = []
+        names = sorted(result.ticket, key=lambda n: n in self.parents)  # parents before their dependent fields
+        for name in names:
+            value, confidence, rule = result.ticket[name], result.confidence.get(name), self.rule(name)
+            if rule.mode == "off" or confidence is None or not allowed(name):
+                continue  # text fields (the summary) have no confidence: re-triage leaves them alone
+            old = before.get(name) or None
+            if name in human:
+                plan.held[name] = HUMAN_SET
+                if value != old:
+                    kept.append(name)
+                continue
+            parent = self.parents.get(name)
+            if value == old and not (parent is not None and parent in plan.apply):
+                continue  # unchanged (a child whose parent is rewritten is sent again with it)
+            if confidence < rule.threshold:
+                plan.held[name] = f"below threshold {rule.threshold:.2f} ({_floor(confidence, 2):.2f})"
+                below[name] = rule.threshold
+                continue
+            if parent is not None and parent in result.ticket:
+                carried = plan.apply.get(parent, before.get(parent) or None)
+                if carried != result.ticket[parent]:
+                    plan.held[name] = f"chosen under {parent} {result.ticket[parent]}, which the ticket will not carry"
+                    continue
+            (plan.suggest if rule.mode == "suggest" else plan.apply)[name] = value
+            changes[name] = old
+        plan.note = _retriage_note(result, plan, changes, below, kept, before, why, self.parents)
+        return plan
+
 
 def _human_value(ticket: InboundTicket, name: str) -> str:
     value = ticket.current.get(name)
@@ -240,6 +286,40 @@ def _note(result: TriageResult, ticket: InboundTicket, plan: WritebackPlan, belo
     if other:
         parts.append("Not written: " + ", ".join(
             f"{_describe(n, result.ticket[n], conf.get(n), quote=False)} ({plan.held[n]})" for n in other) + ".")
+    return " ".join(parts)
+
+
+def _retriage_note(result: TriageResult, plan: WritebackPlan, changes: Mapping[str, str | None],
+                   below: Mapping[str, float], kept: list[str], before: Mapping[str, str | None], why: str,
+                   parents: Mapping[str, str]) -> str:
+    """What a re-triage changed and why: "Re-triaged by ticket-triage (model) after the requester's reply:
+    priority Medium -> High (confidence 0.93)." Never the ticket body."""
+    conf = result.confidence
+    model = result.model or {}
+    version = str(model.get("base") or "unknown model") + (f" + {model['adapter']}" if model.get("adapter") else "")
+    head = f"Re-triaged by ticket-triage ({version}) after {why}"
+    if plan.shadow:
+        head += " in shadow mode, nothing written"
+
+    def change(name: str) -> str:
+        confidence = f"confidence {_floor(conf[name], 2):.2f}"
+        if changes[name] == result.ticket[name]:  # the same label, sent again under its rewritten parent
+            return f"{name} {result.ticket[name]} under the new {parents.get(name)} ({confidence})"
+        return f"{name} {changes[name] or 'unset'} -> {result.ticket[name]} ({confidence})"
+
+    parts = [f"{head}: {', '.join(change(n) for n in plan.apply)}." if plan.apply else f"{head}: no field changed."]
+    if plan.suggest:
+        parts.append("Suggested: " + ", ".join(change(n) for n in plan.suggest) + ".")
+    if kept:
+        parts.append("Kept the human's value: " + ", ".join(
+            f"{n} {before.get(n) or 'unset'} (model: {result.ticket[n]}, {_floor(conf[n], 2):.2f})"
+            for n in kept) + ".")
+    if below:
+        parts.append("Not changed, below threshold: " + ", ".join(
+            f"{n} {result.ticket[n]} ({_floor(conf[n], 2):.2f} < {t:.2f})" for n, t in below.items()) + ".")
+    other = [n for n, why_not in plan.held.items() if why_not.startswith("chosen under")]
+    if other:
+        parts.append("Not written: " + ", ".join(f"{n} {result.ticket[n]} ({plan.held[n]})" for n in other) + ".")
     return " ".join(parts)
 
 
