@@ -599,6 +599,49 @@ class Store:
             row.alternatives = {"model": dict(model), "fields": ranked, "scored": scored}
             return True
 
+    # -- retraining runs -------------------------------------------------------------------------------------
+
+    def corrections(self, since: datetime | None = None) -> list[Correction]:
+        """Every correction recorded after `since` (None: all), oldest first: the retraining signal."""
+        with self.session(readonly=True) as s:
+            stmt = select(Correction).order_by(Correction.id)
+            if since is not None:
+                stmt = stmt.where(Correction.created_at > since)
+            return list(s.scalars(stmt).all())
+
+    def last_fields(self, connector: str, ticket_ref: str) -> dict[str, Any] | None:
+        """The fields of the ticket's latest triage result (what we said last), or None when it has none."""
+        with self.session(readonly=True) as s:
+            return s.scalar(select(TriageResultRow.fields).where(
+                TriageResultRow.connector == connector, TriageResultRow.ticket_ref == ticket_ref)
+                .order_by(TriageResultRow.id.desc()).limit(1))
+
+    def last_promotion_start(self) -> datetime | None:
+        """When the latest retraining run that promoted its challenger started (None: no run ever promoted)."""
+        with self.session(readonly=True) as s:
+            return s.scalar(select(RetrainRun.started_at).where(RetrainRun.state == "promoted")
+                            .order_by(RetrainRun.started_at.desc()).limit(1))
+
+    def open_retrain_run(self, owner: str, since: datetime) -> int:
+        """Record a retraining run as running (gathering after `since`); returns its id."""
+        with self.session() as s:
+            row = RetrainRun(state="running", owner=owner, since=since, counts={}, metrics={})
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def close_retrain_run(self, run_id: int, state: str, counts: dict[str, Any], metrics: dict[str, Any],
+                          decision: str, challenger_id: int | None = None) -> None:
+        """Record how a retraining run ended: its state (RUN_STATES), counts, both models' metrics and why."""
+        with self.session() as s:
+            row = s.get(RetrainRun, run_id)
+            row.state = state
+            row.finished_at = utcnow()
+            row.counts = dict(counts)
+            row.metrics = dict(metrics)
+            row.decision = decision
+            row.challenger_id = challenger_id
+
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # SQLAlchemy emits BEGIN itself (see _sqlite_on_begin); pysqlite's own implicit BEGIN is turned off, which
