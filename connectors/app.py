@@ -30,7 +30,7 @@ from triage_core.text import TextProblem, ticket_text
 from triage_core.triager import EmptyTicketError, TriageError, Triager
 
 from .base import (Connector, FieldChange, PollNow, TicketReader, WebhookRejected, check_field_maps,
-                   checked_event, load_connectors)
+                   checked_event, load_connectors, retriage_info)
 from .metrics import Metrics
 from .polling import add_pollers
 from .reload import ModelWatcher
@@ -150,7 +150,8 @@ def create_app(config: Config | None = None, *, triager: Triager | None = None, 
                     runner.trigger()
                 events.append({"poll": runner is not None})
                 continue
-            if not policy.filter.accepts(ticket):
+            # A re-triage hint without its project (a Zoho thread) is filtered by the worker once it is read back.
+            if not policy.filter.accepts(ticket) and not (ticket.project is None and retriage_info(ticket)):
                 events.append({"ref": ticket.ref, "filtered": True})
                 continue
             res = queue.submit(ticket)

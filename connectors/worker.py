@@ -242,6 +242,9 @@ class Worker(threading.Thread):
         if job is None or retriage_info(job.ticket) is None:
             return job
         try:
+            if not self.ctx.policy.filter.accepts(job.ticket):  # a hint may not have said its project
+                self._skip(job, "the ticket is not one policy.filter admits")
+                return None
             return self._with_replies(job)
         except Exception as exc:
             log.exception("%s: collecting the replies of job %d crashed", self.name, job.id)
