@@ -27,7 +27,7 @@ from connectors.jira import from_config as jira_from_config
 from fake_jira import FakeJira, Select
 from fake_servicedesk import FakeServiceDesk
 from fake_zoho import CLIENT_ID, CLIENT_SECRET, DEPARTMENT_ID, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho
-from triage_core.policy import HUMAN_SET, Policy
+from triage_core.policy import HUMAN_SET, Policy, TicketFilter
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
 
@@ -350,6 +350,18 @@ def test_zoho(daemon, vendors):
     assert_skipped(daemon, "zoho", ref, "nothing changed")
     assert (patches(), comments()) == (2, 2)
 
+    # a thread names no department: the worker filters it once the ticket is read back (policy.filter.projects)
+    policy = daemon.ctx.policy
+    policy.filter = TicketFilter(projects=("4000000000000",))
+    try:
+        [hint] = zoho_deliver(daemon, fake, fake.thread_event(ref, fake.add_thread(ref, "<p>Any news?</p>")))
+        assert hint["duplicate"] is False
+        settle(daemon)
+    finally:
+        policy.filter = TicketFilter()
+    assert_skipped(daemon, "zoho", ref, "the ticket is not one policy.filter admits")
+    assert (patches(), comments()) == (2, 2) and len(results(daemon, "zoho", ref)) == 3
+
     # retriage: off
     conn = daemon.ctx.connectors["zoho"]
     conn.retriage = RetriageSettings("off")
@@ -359,7 +371,7 @@ def test_zoho(daemon, vendors):
         assert zoho_deliver(daemon, fake, described) == []
     finally:
         conn.retriage = RetriageSettings("all")
-    assert (patches(), comments()) == (2, 2) and len(writebacks(daemon, "zoho", ref)) == 3
+    assert (patches(), comments()) == (2, 2) and len(writebacks(daemon, "zoho", ref)) == 4
 
 
 # --- ServiceDesk Plus -----------------------------------------------------------------------------------------
