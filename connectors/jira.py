@@ -159,7 +159,8 @@ class JiraConnector:
     # -- webhooks ----------------------------------------------------------------------------------------------
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[WebhookEvent]:
-        """Authenticate first (constant time), then parse; a created issue is a ticket, an update FieldChanges."""
+        """Authenticate first (constant time), then parse: a created issue is a ticket, an update FieldChanges (and a
+        re-triage when it gained information), the requester's comment a re-triage."""
         self._authenticate(body, header(headers, SIGNATURE_HEADER), query.get("secret"))
         if len(body) > _MAX_BODY:
             raise WebhookRejected(413, f"body larger than {_MAX_BODY} bytes")
@@ -208,12 +209,15 @@ class JiraConnector:
         text = _text(fields)
         if not text.strip():
             raise WebhookRejected(400, "issue has neither summary nor description")
-        current = {n: v for n, v in self._labels_of(fields).items() if n in self.opt.human_set_fields
-                   and not (n == "priority" and v == self.opt.default_priority)}
         return [InboundTicket(connector=NAME, ref=key, event_key=event_key,
                               text=text, project=_name(fields.get("project"), "key"),
-                              ticket_type=_name(fields.get("issuetype"), "name"), current=current,
+                              ticket_type=_name(fields.get("issuetype"), "name"), current=self._human_set(fields),
                               extra={"id": str(issue.get("id") or "")})]
+
+    def _human_set(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        """The issue's fields that count as a human's: those of `human_set_fields`, but not Jira's default priority."""
+        return {n: v for n, v in self._labels_of(fields).items() if n in self.opt.human_set_fields
+                and not (n == "priority" and v == self.opt.default_priority)}
 
     def _requester_reply(self, comment: Any, fields: Mapping[str, Any]) -> str | None:
         """The comment's text when it is the requester's reply; None for the bot's notes, an app's, an internal
@@ -256,15 +260,12 @@ class JiraConnector:
             raise VendorError(f"Jira GET /rest/api/3/issue/{ticket.ref}: expected an issue with fields",
                               retryable=True)
         info = retriage_info(ticket) or {}
-        labels = self._labels_of(fields)
-        current = {n: v for n, v in labels.items() if n in self.opt.human_set_fields
-                   and not (n == "priority" and v == self.opt.default_priority)}
         return InboundTicket(connector=NAME, ref=ticket.ref, event_key=ticket.event_key,
                              text=_text(fields) or ticket.text,
                              project=_name(fields.get("project"), "key") or ticket.project,
                              ticket_type=_name(fields.get("issuetype"), "name") or ticket.ticket_type,
-                             current=current, extra={**ticket.extra, "retriage": {**info,
-                                                                                  "vendor": self._vendor(fields)}})
+                             current=self._human_set(fields),
+                             extra={**ticket.extra, "retriage": {**info, "vendor": self._vendor(fields)}})
 
     def _vendor(self, fields: Mapping[str, Any]) -> dict[str, str]:
         """Every mapped field's value on the issue: its label, or Jira's own name or value when unmapped (a value
