@@ -22,16 +22,15 @@ import os
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from sqlalchemy import select
-
+from triage_core.capabilities import ClosedTicketSource
 from triage_core.config import Config
 from triage_core.registry import DbLock, LockHeld, ModelRegistry
-from triage_core.store import Correction, InboundEvent, RetrainRun, Store, TriageResultRow, utcnow
+from triage_core.store import Store, utcnow
 from triage_core.taxonomy import Taxonomy, load_taxonomy
 
 from .records import Record, iter_jsonl, read_records
@@ -71,10 +70,68 @@ class RetrainSettings:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass(frozen=True)
+class RunCounts(Mapping[str, Any]):
+    """What a run gathered, dropped and trained on: the `retrain_runs.counts` record.
+
+    Each step of a run fills its own fields (`clean`, then `gather`, then the run); a field no step filled is left
+    out of the record. It reads as that record too (`counts["sources"]`), which the CLI and the console print."""
+
+    gathered: int | None = None
+    sources: dict[str, int | str] | None = None  # per source: records listed, or "error: ..." when it failed
+    kept: int | None = None
+    by_source: dict[str, int] | None = None
+    dropped: dict[str, int] | None = None  # why, and how many
+    redacted: dict[str, int] | None = None  # e-mail, phone and IP replacements
+    problems: list[str] | None = None  # drop-folder files that could not be read
+    since: str | None = None  # ISO-8601: the start of the window gathered
+    train: int | None = None
+    test: int | None = None
+    synthetic: int | None = None
+    child: dict[str, Any] | None = None  # what the training process ran with (torch threads, nice)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
 @dataclass
 class Gathered:
     records: list[Record] = field(default_factory=list)
-    counts: dict[str, Any] = field(default_factory=dict)
+    counts: RunCounts = field(default_factory=RunCounts)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything the training child needs besides the config: picklable, so it crosses the spawn line as is."""
+
+    train_path: str
+    test_path: str
+    out_dir: str
+    champion_path: str | None  # the adapter the challenger starts from (None: the bare base model)
+    name: str
+    version: str
+    max_steps: int  # 0: as many as `epochs` take
+    epochs: float
+    threads: int  # torch threads in the child
+    nice: int  # added to the child's niceness
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What the training child wrote back: both models' metrics on the held-out slice and how it ran."""
+
+    champion: dict[str, Any]
+    challenger: dict[str, Any]
+    child: dict[str, Any]
 
 
 class RetrainError(RuntimeError):
@@ -85,31 +142,22 @@ class RetrainError(RuntimeError):
 
 def corrected_records(store: Store, since: datetime | None) -> list[Record]:
     """One record per corrected ticket: its text, our last fields, overridden by the humans' corrections."""
-    with store.session(readonly=True) as s:
-        stmt = select(Correction).order_by(Correction.id)
-        if since is not None:
-            stmt = stmt.where(Correction.created_at > since)
-        corrections = s.scalars(stmt).all()
-        out: dict[tuple[str, str], Record] = {}
-        for c in corrections:
-            key = (c.connector, c.ticket_ref)
-            if key not in out:
-                event = s.scalars(select(InboundEvent).where(InboundEvent.connector == c.connector,
-                                                             InboundEvent.ticket_ref == c.ticket_ref)
-                                  .order_by(InboundEvent.id.desc()).limit(1)).first()
-                result = s.scalars(select(TriageResultRow).where(TriageResultRow.connector == c.connector,
-                                                                 TriageResultRow.ticket_ref == c.ticket_ref)
-                                   .order_by(TriageResultRow.id.desc()).limit(1)).first()
-                if event is None or not (event.payload or {}).get("text"):
-                    continue
-                labels = {k: v for k, v in dict(result.fields if result else {}).items() if k != "summary"}
-                out[key] = {"id": f"{c.connector}:{c.ticket_ref}", "text": event.payload["text"], "labels": labels,
-                            "source": "correction", "closed_at": c.created_at.isoformat()}
-            if c.new_value is None:
-                out[key]["labels"].pop(c.field, None)
-            else:
-                out[key]["labels"][c.field] = c.new_value
-                out[key]["closed_at"] = c.created_at.isoformat()
+    out: dict[tuple[str, str], Record] = {}
+    for c in store.corrections(since):
+        key = (c.connector, c.ticket_ref)
+        if key not in out:
+            payload = store.last_event(c.connector, c.ticket_ref) or {}
+            if not payload.get("text"):
+                continue
+            fields_ = store.last_fields(c.connector, c.ticket_ref) or {}
+            out[key] = {"id": f"{c.connector}:{c.ticket_ref}", "text": payload["text"],
+                        "labels": {k: v for k, v in fields_.items() if k != "summary"},
+                        "source": "correction", "closed_at": c.created_at.isoformat()}
+        if c.new_value is None:
+            out[key]["labels"].pop(c.field, None)
+        else:
+            out[key]["labels"][c.field] = c.new_value
+            out[key]["closed_at"] = c.created_at.isoformat()
     return list(out.values())
 
 
@@ -174,8 +222,8 @@ def clean(records: Iterable[Record], taxonomy: Taxonomy) -> Gathered:
         by_source[r.get("source") or "unknown"] += 1
         out.records.append({**{k: v for k, v in r.items() if k not in ("text", "labels")}, "text": text,
                             "labels": labels})
-    out.counts = {"kept": len(out.records), "by_source": dict(by_source), "dropped": dict(dropped),
-                  "redacted": {"email": redacted.email, "phone": redacted.phone, "ip": redacted.ip}}
+    out.counts = RunCounts(kept=len(out.records), by_source=dict(by_source), dropped=dict(dropped),
+                           redacted={"email": redacted.email, "phone": redacted.phone, "ip": redacted.ip})
     return out
 
 
@@ -232,21 +280,19 @@ def decide(champion: Mapping[str, Any], challenger: Mapping[str, Any], margin: f
 
 # --- the child process ------------------------------------------------------------------------------------------
 
-def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path: str) -> None:
+def _child(config_data: dict, base_dir: str, source: str, job: TrainJob, result_path: str) -> None:
     """Train the challenger and evaluate both models; runs in a spawned process with few threads, niced."""
     try:
-        os.nice(int(job["nice"]))
+        os.nice(int(job.nice))
     except (OSError, AttributeError):
         pass
     import torch
 
-    threads = max(1, int(job["threads"]))
+    threads = max(1, int(job.threads))
     torch.set_num_threads(threads)
     # Loading a model sets torch threads from model.threads: the child's loads must keep retrain.threads.
     config_data = {**config_data, "model": {**config_data["model"], "threads": threads}}
-    from triage_core.triager import Triager
-
-    from triage_core.triager import DecodingSettings
+    from triage_core.triager import DecodingSettings, Triager
 
     from .evaluate import evaluate
     from .recipe import train_adapter
@@ -255,30 +301,31 @@ def _child(config_data: dict, base_dir: str, source: str, job: dict, result_path
 
     config = Config(data=config_data, base_dir=Path(base_dir), source=source)
     taxonomy = load_taxonomy(config.taxonomy_path)
-    train_records = read_records(job["train_path"])
-    test_records = read_records(job["test_path"])
-    settings = TrainSettings.from_mapping(config["train"], max_steps=job["max_steps"] or None,
-                                          epochs=job["epochs"], eval_limit=0, partial_labels=True)
+    train_records = read_records(job.train_path)
+    test_records = read_records(job.test_path)
+    settings = TrainSettings.from_mapping(config["train"], max_steps=job.max_steps or None,
+                                          epochs=job.epochs, eval_limit=0, partial_labels=True)
     # The whole recipe, so the challenger carries its own lexical expert and calibration, fitted on this
     # run's training records only (the held-out test slice never reaches them).
-    train_adapter(train_records, taxonomy, config["model"], settings, job["out_dir"],
-                  decoding=DecodingSettings.from_mapping(config["decoding"]), name=job["name"],
-                  version=job["version"], init_adapter=job["champion_path"], instructions=INSTRUCTIONS,
+    train_adapter(train_records, taxonomy, config["model"], settings, job.out_dir,
+                  decoding=DecodingSettings.from_mapping(config["decoding"]), name=job.name,
+                  version=job.version, init_adapter=job.champion_path, instructions=INSTRUCTIONS,
                   progress=False, tensorboard=False)
     out = {}
-    for who, adapter in (("champion", job["champion_path"]), ("challenger", job["out_dir"])):
+    for who, adapter in (("champion", job.champion_path), ("challenger", job.out_dir)):
         triager = Triager.from_config(config, adapter=adapter) if adapter else Triager.from_config(config)
         metrics, _ = evaluate(triager, test_records)
         out[who] = metrics["model"]
         del triager
     # What the child actually ran with, for the run record (and to check the settings took effect).
-    out["child"] = {"threads": torch.get_num_threads(), "nice": os.nice(0) if hasattr(os, "nice") else None}
-    Path(result_path).write_text(json.dumps(out), encoding="utf-8")
+    child = {"threads": torch.get_num_threads(), "nice": os.nice(0) if hasattr(os, "nice") else None}
+    outcome = TrainOutcome(champion=out["champion"], challenger=out["challenger"], child=child)
+    Path(result_path).write_text(json.dumps(asdict(outcome)), encoding="utf-8")
 
 
-def train_and_evaluate(config: Config, job: dict, timeout: float | None = None) -> dict[str, Any]:
+def train_and_evaluate(config: Config, job: TrainJob, timeout: float | None = None) -> TrainOutcome:
     """Run `_child` in a spawned process (its own torch threads and priority) and read its result."""
-    result_path = Path(job["out_dir"]).parent / f"{Path(job['out_dir']).name}.result.json"
+    result_path = Path(job.out_dir).parent / f"{Path(job.out_dir).name}.result.json"
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_child, args=(dict(config.data), str(config.base_dir), config.source, job,
                                             str(result_path)), name="retrain-child")
@@ -290,7 +337,7 @@ def train_and_evaluate(config: Config, job: dict, timeout: float | None = None) 
         raise RetrainError(f"training did not finish within {timeout:.0f} s")
     if proc.exitcode != 0 or not result_path.exists():
         raise RetrainError(f"the training process failed (exit code {proc.exitcode}); see the daemon's log")
-    return json.loads(result_path.read_text(encoding="utf-8"))
+    return TrainOutcome(**json.loads(result_path.read_text(encoding="utf-8")))
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
@@ -299,7 +346,7 @@ def train_and_evaluate(config: Config, job: dict, timeout: float | None = None) 
 class RunReport:
     id: int | None
     state: str
-    counts: dict[str, Any]
+    counts: RunCounts
     metrics: dict[str, Any]
     decision: str
     seconds: float
@@ -307,7 +354,7 @@ class RunReport:
     challenger_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "counts": self.counts, "metrics": self.metrics,
+        return {"id": self.id, "state": self.state, "counts": self.counts.to_dict(), "metrics": self.metrics,
                 "decision": self.decision, "seconds": round(self.seconds, 1), "challenger": self.challenger}
 
 
@@ -331,21 +378,18 @@ class Retrainer:
 
         The window moves only when a champion has learnt from it: a run that found too little data, kept the
         champion, failed or was a dry run consumes nothing, so the next run gathers its tickets again."""
-        with self.store.session(readonly=True) as s:
-            last = s.scalars(select(RetrainRun).where(RetrainRun.state == "promoted")
-                             .order_by(RetrainRun.started_at.desc()).limit(1)).first()
-        return last.started_at if last else utcnow() - timedelta(days=self.settings.lookback_days)
+        last = self.store.last_promotion_start()
+        return last or utcnow() - timedelta(days=self.settings.lookback_days)
 
     def gather(self, since: datetime) -> Gathered:
         self.stage("gather")
         raw: list[Record] = []
         sources: dict[str, Any] = {}
         for name, conn in self.connectors.items():
-            lister = getattr(conn, "closed_tickets", None)
-            if lister is None:
+            if not isinstance(conn, ClosedTicketSource):
                 continue
             try:
-                got = list(lister(since))
+                got = list(conn.closed_tickets(since))
             except NotImplementedError:
                 continue
             except Exception as exc:  # a vendor outage must not kill the run: the other sources still count
@@ -367,9 +411,7 @@ class Retrainer:
                 sources["drop_folder"] = len(dropped)
                 raw += dropped
         gathered = clean(raw, self.taxonomy)
-        gathered.counts = {"gathered": len(raw), "sources": sources, **gathered.counts}
-        if problems:
-            gathered.counts["problems"] = problems
+        gathered.counts = replace(gathered.counts, gathered=len(raw), sources=sources, problems=problems or None)
         return gathered
 
     def run(self, dry_run: bool = False, timeout: float | None = None) -> RunReport:
@@ -381,7 +423,7 @@ class Retrainer:
             try:
                 report = self._run(run_id, since, dry_run, timeout, t0)
             except Exception as exc:
-                report = RunReport(run_id, "failed", {}, {}, f"{type(exc).__name__}: {exc}"[:2000],
+                report = RunReport(run_id, "failed", RunCounts(), {}, f"{type(exc).__name__}: {exc}"[:2000],
                                    time.monotonic() - t0)
                 self._finish(report)
                 raise
@@ -392,15 +434,15 @@ class Retrainer:
         s = self.settings
         gathered = self.gather(since)
         train_records, test_records = holdout_split(gathered.records, s.holdout_fraction, s.min_holdout)
-        counts = {**gathered.counts, "since": since.isoformat(), "train": len(train_records),
-                  "test": len(test_records)}
+        counts = replace(gathered.counts, since=since.isoformat(), train=len(train_records),
+                         test=len(test_records))
         run_dir = Path(os.path.expanduser(str(self.config.path(s.output_dir)))) / f"run-{run_id:05d}"
         run_dir.mkdir(parents=True, exist_ok=True)
         enough = len(gathered.records) >= s.min_records
         synthetic: list[Record] = []
         if enough and not dry_run:
             synthetic = top_up(train_records, self.taxonomy, s.synthetic_per_label, s.min_per_label, seed=run_id)
-            counts["synthetic"] = len(synthetic)
+            counts = replace(counts, synthetic=len(synthetic))
         (run_dir / "train.jsonl").write_text("".join(iter_jsonl(train_records + synthetic)), encoding="utf-8")
         (run_dir / "test.jsonl").write_text("".join(iter_jsonl(test_records)), encoding="utf-8")
         if dry_run:
@@ -415,17 +457,16 @@ class Retrainer:
             else None)
         name = self.taxonomy.name
         version = f"r{run_id}"
-        job = {"train_path": str(run_dir / "train.jsonl"), "test_path": str(run_dir / "test.jsonl"),
-               "out_dir": str(run_dir / "adapter"), "champion_path": champion_path, "name": name,
-               "version": version, "max_steps": s.max_steps, "epochs": s.epochs, "threads": s.threads,
-               "nice": s.nice}
+        job = TrainJob(train_path=str(run_dir / "train.jsonl"), test_path=str(run_dir / "test.jsonl"),
+                       out_dir=str(run_dir / "adapter"), champion_path=champion_path, name=name, version=version,
+                       max_steps=s.max_steps, epochs=s.epochs, threads=s.threads, nice=s.nice)
         self.stage("train")
-        results = train_and_evaluate(self.config, job, timeout)
-        counts["child"] = results.pop("child", None)
-        metrics = {who: _compact(m) for who, m in results.items()}
+        outcome = train_and_evaluate(self.config, job, timeout)
+        counts = replace(counts, child=outcome.child)
+        metrics = {"champion": _compact(outcome.champion), "challenger": _compact(outcome.challenger)}
         self.stage("decide")
         promote, why = decide(metrics["champion"], metrics["challenger"], s.margin)
-        info = self.registry.register(name, version, str(self.config["model"]["base"]), job["out_dir"],
+        info = self.registry.register(name, version, str(self.config["model"]["base"]), job.out_dir,
                                       self.taxonomy.label_hash, {"heldout": metrics["challenger"]})
         if promote:
             if champion is None and champion_path:  # record the configured adapter so rollback can return to it
@@ -446,21 +487,12 @@ class Retrainer:
         self.registry.promote(info.id)
 
     def _start(self, since: datetime) -> int:
-        with self.store.session() as s:
-            row = RetrainRun(state="running", owner=self.owner, since=since, counts={}, metrics={})
-            s.add(row)
-            s.flush()
-            return row.id
+        return self.store.open_retrain_run(self.owner, since)
 
     def _finish(self, report: RunReport) -> None:
-        with self.store.session() as s:
-            row = s.get(RetrainRun, report.id)
-            row.state = report.state
-            row.finished_at = utcnow()
-            row.counts = {**report.counts, "seconds": round(report.seconds, 1)}
-            row.metrics = report.metrics
-            row.decision = report.decision
-            row.challenger_id = report.challenger_id
+        self.store.close_retrain_run(report.id, report.state,
+                                     {**report.counts.to_dict(), "seconds": round(report.seconds, 1)},
+                                     report.metrics, report.decision, report.challenger_id)
         log.info("retrain run %s: %s (%s)", report.id, report.state, report.decision[:200])
 
 
@@ -471,5 +503,5 @@ def _compact(metrics: Mapping[str, Any]) -> dict[str, Any]:
                        for name, f in metrics.get("fields", {}).items()}}
 
 
-__all__ = ["Retrainer", "RetrainSettings", "RunReport", "RetrainError", "LockHeld", "decide", "clean",
-           "holdout_split", "corrected_records"]
+__all__ = ["Retrainer", "RetrainSettings", "RunReport", "RunCounts", "TrainJob", "TrainOutcome", "RetrainError",
+           "LockHeld", "decide", "clean", "holdout_split", "corrected_records"]
