@@ -88,14 +88,20 @@ def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None
     from .app import stop_workers
     from .server import stop_budget
 
-    app = _load_app(config, workers, store)
     term: list[float] = []
+    serving: list[bool] = []
 
     def on_term(signum, frame):  # noqa: ARG001
         term.append(time.monotonic())
-        raise _Stop
+        if serving:
+            raise _Stop
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, on_term)  # before the model loads: a stop during start-up is honoured after it
+    app = _load_app(config, workers, store)
+    serving.append(True)
+    if term:
+        stop_workers(app, timeout=stop_budget(config, term[0]))
+        _exit_now()
     click.echo(_started(app, f"ticket-triage listening on http://{host}:{port} (development server)", config),
                err=True)
     try:
@@ -105,7 +111,7 @@ def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None
     finally:
         stop_workers(app, timeout=stop_budget(config, term[0] if term else time.monotonic()))
         store.dispose()
-    sys.exit(0)
+    _exit_now()
 
 
 @click.command("worker")
@@ -128,8 +134,6 @@ def worker_command(ctx: click.Context, threads: int | None) -> None:
     count = threads if threads is not None else max(1, int(config["server"]["workers"]))
     if count < 1:
         fail(f"--threads {count}: a worker needs at least 1 thread")
-    store = open_store(config)
-    app = _load_app(config, count, store)
     stop = threading.Event()
     term: list[float] = []
 
@@ -137,14 +141,30 @@ def worker_command(ctx: click.Context, threads: int | None) -> None:
         term.append(time.monotonic())
         stop.set()
 
+    # Before the model loads: a stop asked for during start-up is honoured once the app is built.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    store = open_store(config)
+    app = _load_app(config, count, store)
     click.echo(_started(app, "ticket-triage worker running", config), err=True)
     while not stop.wait(0.5):
         pass
     released = stop_workers(app, timeout=stop_budget(config, term[0]))
     store.dispose()
     click.echo(f"ticket-triage worker stopped ({released} job(s) handed back)", err=True)
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit 0 at once: everything is in the database, and the interpreter's teardown (torch, threads still in a
+    cut batch) can take seconds that server.shutdown_seconds does not have."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @click.group("db")

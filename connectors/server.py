@@ -91,7 +91,12 @@ def worker_exit(arbiter: Any, worker: Any) -> None:
     config = app.extensions["triage_config"]
     stop_workers(app, timeout=stop_budget(config, _term_at[0] if _term_at else time.monotonic()))
     app.extensions["triage"].store.dispose()
+    # Exit 0 now: the interpreter's teardown (torch, a thread still in a cut batch) can outlast the master's
+    # graceful timeout, which would end in a SIGKILL.
+    logging.shutdown()
+    sys.stdout.flush()
     sys.stderr.flush()
+    os._exit(0)
 
 
 class DaemonServer(BaseApplication):
