@@ -166,8 +166,11 @@ class Worker(threading.Thread):
             job, ticket=dataclasses.replace(job.ticket, text=text))
 
     def _record(self, job: ClaimedJob, result: TriageResult) -> int:
-        return self.ctx.store.record_result(job.id, job.ticket.connector, job.ticket.ref, result.ticket,
-                                            result.confidence, result.model, result.latency_ms)
+        result_id = self.ctx.store.record_result(job.id, job.ticket.connector, job.ticket.ref, result.ticket,
+                                                 result.confidence, result.model, result.latency_ms)
+        # The console shows the alternatives as this batch scored them, so it never scores the ticket again.
+        self.ctx.store.record_alternatives(result_id, result.distributions, result.model)
+        return result_id
 
     def _guarded(self, job: ClaimedJob, step: Callable[[], object]) -> None:
         """Run one job's step; whatever it raises concerns that job only."""
