@@ -5,7 +5,10 @@ Starts `ticket-triage serve` on a temporary SQLite file with a local callback se
 p50/p99 ack latency, the time until every job is done, and the counts that must match: unique tickets =
 triage results = write-backs received, lost = 0.
 
-    python bench/load_webhooks.py [--n 1000] [--concurrency 32] [--dup 0.1]
+    python bench/load_webhooks.py [--n 1000] [--concurrency 32] [--dup 0.1] [--dashboard]
+
+`--dashboard` then logs in to the review console (as admin, with TRIAGE_CONSOLE_TOKEN) and prints what its
+dashboard shows after the load: the headline counts and the outcome, coverage and accuracy cards as text.
 """
 from __future__ import annotations
 
@@ -75,10 +78,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--url", help="a running daemon (default: start one)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all jobs")
+    ap.add_argument("--dashboard", action="store_true", help="print the console's dashboard after the load")
     args = ap.parse_args()
 
     secret = os.environ.get("TRIAGE_GENERIC_SECRET", "bench-secret")
     token = os.environ.get("TRIAGE_API_TOKEN", "bench-token")
+    console_token = os.environ.get("TRIAGE_CONSOLE_TOKEN", "bench-console-token")
     receiver = Receiver()
     tmp = tempfile.mkdtemp(prefix="triage-load-")
     db = Path(tmp) / "triage.db"
@@ -89,6 +94,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "TRIAGE_GENERIC_SECRET": secret, "TRIAGE_API_TOKEN": token,
+               "TRIAGE_CONSOLE_TOKEN": console_token,
                "TRIAGE_DATABASE_URL": f"sqlite:///{db}", "TRIAGE_QUEUE_POLL_INTERVAL_SECONDS": "0.1"}
         exe = str(Path(sys.executable).parent / "ticket-triage")
         proc = subprocess.Popen([exe, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
@@ -148,6 +154,8 @@ def main() -> None:
     time.sleep(1)
     received = receiver.ids
     print(f"all jobs finished {all_done:.1f} s after the first webhook ({unique / all_done:.2f} tickets/s end to end)")
+    if args.dashboard:
+        print_dashboard(base, console_token)
     results = writebacks = None
     if proc is not None:
         with sqlite3.connect(db) as conn:
@@ -159,6 +167,44 @@ def main() -> None:
     print(f"unique tickets {unique} | triage results {results} | write-backs received {len(received)} "
           f"(distinct {len(set(received))}) | write-backs recorded {writebacks} | dead {depth.get('dead', 0)} | "
           f"lost {lost}")
+
+
+def print_dashboard(base: str, console_token: str) -> None:
+    """Log in to the console and print its dashboard's cards as text (what an operator sees after the load)."""
+    import re
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag, attrs):  # noqa: ANN001
+            self.skip += tag in ("script", "style", "svg")
+            if tag in ("tr", "h2", "div", "p", "li"):
+                self.parts.append("\n")
+
+        def handle_endtag(self, tag):  # noqa: ANN001
+            self.skip -= tag in ("script", "style", "svg")
+
+        def handle_data(self, data):  # noqa: ANN001
+            if not self.skip and data.strip():
+                self.parts.append(data.strip() + " ")
+
+    web = requests.Session()
+    page = web.get(base + "/console/login", timeout=30).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    web.post(base + "/console/login", data={"username": "admin", "password": console_token,
+                                            "csrf_token": csrf.group(1) if csrf else ""}, timeout=30)
+    dash = web.get(base + "/console/dashboard", timeout=60)
+    if dash.status_code != 200 or "/console/login" in dash.url:
+        print(f"dashboard: could not log in ({dash.status_code})")
+        return
+    parser = Text()
+    parser.feed(dash.text[dash.text.find("<main"):])
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
+    print("dashboard after the load:\n  " + "\n  ".join(line for line in lines if line))
 
 
 if __name__ == "__main__":
