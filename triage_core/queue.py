@@ -126,7 +126,24 @@ def truncate_error(error: str, limit: int = MAX_ERROR_CHARS) -> str:
 class JobQueue:
     """Submit, claim, heartbeat, complete and fail jobs stored in the `jobs` table.
 
-    `clock` returns seconds since the epoch (default `time.time`); tests pass a fake one to move time.
+    :param store: the database the jobs live in (one queue per store; processes sharing it share the queue).
+    :param max_attempts: claims a job gets before it is dead (a failed attempt and an expired lease both count).
+    :param lease_seconds: how long a claim holds the job before another worker may take it; `extend` renews it.
+    :param backoff_base_seconds: the wait after the first failed attempt, doubled after each next one...
+    :param backoff_max_seconds: ...up to this, with up to 10% jitter.
+    :param poll_interval_seconds: how long an idle worker sleeps between claims (the queue itself never sleeps).
+    :param clock: seconds since the epoch (default `time.time`); tests pass a fake one to move time.
+
+    A connector's ticket goes in once, however often the vendor delivers it; a worker takes it under a lease::
+
+        queue = JobQueue.from_config(store, config)
+        queue.submit(InboundTicket(connector="jira", ref="IT-7", event_key="created", text="VPN drops"))
+        job = queue.claim("worker-1")          # None when nothing is due
+        try:
+            ...                                # triage job.ticket; call queue.extend(job.id, "worker-1") if slow
+            queue.complete(job.id, "worker-1")
+        except Exception as exc:
+            queue.fail(job.id, "worker-1", str(exc))   # back to queued after a backoff, or dead
     """
 
     def __init__(self, store: Store, max_attempts: int = 6, lease_seconds: float = 120,

@@ -75,6 +75,19 @@ class Triager:
     Where the adapter folder carries a lexical expert and combination parameters, each enum field is chosen
     from their pooled, calibrated distribution (triage_core.combine); otherwise from the LM's alone. `use_expert`
     False forces the LM alone (how the recipe scores its held-out tickets before fitting the pooling).
+
+    :param loaded: the base model with its adapter (`triage_core.model`); `from_config` loads it.
+    :param taxonomy: the labels to choose among; the adapter's expert, pooling and descriptions apply only to the
+        taxonomy it was trained for.
+    :param settings: decoding limits (ticket and summary tokens, batch size); the defaults when None.
+    :param use_expert: False to ignore the adapter's lexical expert and pooling.
+
+    One ticket, or several batched (results in input order; each always validates against the taxonomy)::
+
+        triager = Triager.from_config(load_config())      # or from_config(config, adapter="adapters/it")
+        result = triager.triage("VPN drops every few minutes since this morning")
+        result.ticket["category"], result.confidence["category"]   # "Network", 0.93
+        results = triager.triage_many(texts, batch_size=8)
     """
 
     def __init__(self, loaded: LoadedModel, taxonomy: Taxonomy, settings: DecodingSettings | None = None,
