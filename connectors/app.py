@@ -46,7 +46,24 @@ def _error(status: int, reason: str) -> tuple[Response, int]:
 def create_app(config: Config | None = None, *, triager: Triager | None = None, store: Store | None = None,
                connectors: Mapping[str, Connector] | None = None, env: Mapping[str, str] | None = None,
                workers: int | None = None) -> Flask:
-    """Build the app. Anything not passed is built from `config` (the defaults and TRIAGE_* variables)."""
+    """Build the app. Anything not passed is built from `config` (the defaults and TRIAGE_* variables).
+
+    :param config: the daemon's settings; None loads the defaults, the file named by $TRIAGE_CONFIG and TRIAGE_*.
+    :param triager: the model to serve (default: the registry's champion, else `model.adapter`), so tests and
+        embedders load it once.
+    :param store: the database (default: `database.url`); it is migrated to the latest schema either way.
+    :param connectors: name -> Connector (default: the enabled ones in `connectors`, found by entry point); their
+        field maps are checked against the taxonomy.
+    :param env: where secrets and tokens are read (default: os.environ).
+    :param workers: worker threads (default `server.workers`); 0 serves the ingest and the API only (no jobs,
+        pollers, retraining or model watcher in this process).
+
+    For a test or an embedding host, with a connector of one's own and no worker threads::
+
+        app = create_app(config, connectors={"acme": AcmeConnector()}, workers=0, env={"TRIAGE_API_TOKEN": "t"})
+        app.test_client().post("/webhooks/acme", data=body, headers=signed)   # 202: queued
+        app.test_client().get("/v1/jobs", headers={"Authorization": "Bearer t"})
+    """
     env = os.environ if env is None else env
     config = config or load_config(env=env)
     server = config["server"]
