@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from test_daemon import callback  # noqa: F401 (a fixture)
 from triage_core.config import DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +52,15 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     assert out.returncode == 0, out.stderr
     ours = [line for line in (out.stdout + out.stderr).splitlines() if str(tmp_path) in line or "ticket-triage" in line]
     assert ours == []
+
+
+@pytest.fixture
+def callback():
+    from test_daemon import Callback
+
+    cb = Callback()
+    yield cb
+    cb.close()
 
 
 @pytest.mark.slow

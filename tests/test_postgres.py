@@ -119,7 +119,7 @@ def test_two_worker_processes_share_one_queue_and_one_finishes_the_jobs_of_the_o
     database; signed webhooks with 10% redeliveries; one worker is SIGKILLed mid-run. Every unique ticket is
     triaged exactly once and written back at least once (a repeat only for a job cut between the callback's 200
     and its record: counted), none is lost or dead, and the survivor finishes the killed worker's jobs once their
-    leases expire. TRIAGE_TEST_SCALE_TICKETS sets the number of unique tickets (40 by default; the issue asks for 300)."""
+    leases expire. TRIAGE_TEST_SCALE_TICKETS sets the number of unique tickets (40 by default; the issue: 300)."""
     from test_daemon import Callback, Daemon, ticket
 
     unique = int(os.environ.get("TRIAGE_TEST_SCALE_TICKETS", "40"))

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from test_daemon import EXE, HANG, Callback, Daemon, callback, ticket  # noqa: F401 (callback: a fixture)
+from test_daemon import EXE, HANG, Callback, Daemon, ticket
 
 pytestmark = pytest.mark.slow  # every test starts real daemon processes, which load the model
 
 SHUTDOWN = 8  # server.shutdown_seconds for these tests: short, so a cut batch is visible
+
+
+@pytest.fixture
+def callback():
+    cb = Callback()
+    yield cb
+    cb.close()
 
 
 def states(db: Path) -> dict[str, int]:
@@ -53,7 +60,7 @@ def stop(proc: subprocess.Popen) -> tuple[int, float]:
 
 def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_accepted_job(tmp_path):
     # The first write-back hangs (the ticketing system never answers): the batch in hand cannot finish in time.
-    callback = Callback(script=[HANG])
+    itsm = Callback(script=[HANG])
     env = {"TRIAGE_SERVER_SHUTDOWN_SECONDS": str(SHUTDOWN), "TRIAGE_SERVER_WORKERS": "1",
            "TRIAGE_CONNECTORS_SETTINGS": "{generic: {timeout: 120}}"}
     daemon = Daemon(tmp_path, **env).start()
@@ -61,9 +68,9 @@ def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_
     try:
         refs = [f"T-{i}" for i in range(5)]
         for ref in refs:
-            r = daemon.webhook(ticket(ref, callback))
+            r = daemon.webhook(ticket(ref, itsm))
             assert r.status_code == 202, r.text
-        assert callback.hung.wait(180), "no write-back started"
+        assert itsm.hung.wait(180), "no write-back started"
         code, seconds = stop(daemon.proc)
         assert code == 0, daemon.log.read_text()[-3000:]
         assert seconds <= SHUTDOWN + 2, seconds  # within server.shutdown_seconds (and the interpreter's exit)
@@ -71,11 +78,11 @@ def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_
         assert "running" not in left and "dead" not in left, left  # the cut batch was handed back, not leased
         assert sum(left.values()) == len(refs)
         assert "handed back to the queue" in daemon.log.read_text()
-        callback.release()  # the hung write-back is dropped unanswered
+        itsm.release()  # the hung write-back is dropped unanswered
 
         worker = start_worker(daemon, tmp_path / "worker.log")
         assert wait_states(daemon.db, done=len(refs)) == {"done": len(refs)}
-        assert sorted(callback.ids()) == refs  # every accepted ticket written back, the cut one included
+        assert sorted(itsm.ids()) == refs  # every accepted ticket written back, the cut one included
         with sqlite3.connect(daemon.db) as conn:
             results = dict(conn.execute("SELECT ticket_ref, count(*) FROM triage_results GROUP BY ticket_ref"))
             owners = {r[0] for r in conn.execute("SELECT DISTINCT lease_owner FROM jobs")}
@@ -85,7 +92,7 @@ def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_
         assert code == 0 and seconds <= SHUTDOWN + 2, (code, seconds)
         assert "ticket-triage worker stopped" in (tmp_path / "worker.log").read_text()
     finally:
-        callback.close()
+        itsm.close()
         daemon.stop()
         if worker is not None and worker.poll() is None:
             worker.kill()
