@@ -22,6 +22,7 @@ from dataclasses import dataclass, field as dc_field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Mapping, Protocol, Union, runtime_checkable
 
+from triage_core.capabilities import ClosedTicketSource as ClosedTicketSource  # re-exported: trainer uses it too
 from triage_core.config import ConfigError
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
@@ -200,19 +201,50 @@ def with_replies(text: str, replies: Iterable[str], limit: int) -> str:
 
 @runtime_checkable
 class Connector(Protocol):
-    """One ITSM. Implementations must be safe to call from several worker threads."""
+    """One ITSM. Implementations must be safe to call from several worker threads.
 
+    A new ITSM is a package with a factory `(settings, env) -> Connector` registered under the
+    `ticket_triage.connectors` entry-point group (`[options.entry_points] ticket_triage.connectors = acme =
+    acme_triage:from_config`), enabled by `connectors.enabled: [acme]`, its settings in `connectors.settings.acme`::
+
+        class AcmeConnector:
+            name = "acme"
+
+            def parse_webhook(self, body, headers, query):
+                verify_signature(body, headers)            # raise WebhookRejected(401, ...) first
+                data = json_body(body)
+                return [InboundTicket(connector=self.name, ref=data["id"], event_key=data["event_id"],
+                                      text=data["subject"] + ". " + data["body"])]
+
+            def write_back(self, ticket, plan, result):
+                if plan.shadow:
+                    return WritebackOutcome("shadow", None)
+                status = self.api.update(ticket.ref, fields=plan.apply, comment=plan.note)
+                return WritebackOutcome("applied", status)
+    """
+
+    #: The connector's name in config, webhook URLs (/webhooks/<name>) and the store's rows.
     name: str
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]) -> list[WebhookEvent]:
         """Verify authenticity first (constant-time), then parse; raise `WebhookRejected`.
 
         May return several tickets (batched events) or none (an event that is not a new ticket), and
-        `FieldChange`/`PollNow` items where the connector supports them. Must answer fast: vendors time out."""
+        `FieldChange`/`PollNow` items where the connector supports them. Must answer fast: vendors time out.
+
+        :param body: the raw request body, as signed (parse it only after the signature checks out).
+        :param headers: the request headers (signatures, content type, delivery ids).
+        :param query: the URL's query parameters (some vendors put a shared token there).
+        :returns: the events in the delivery; each ticket is checked (`checked_event`) before it is acknowledged."""
         ...
 
     def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
-        """Write the plan to the ticket; raise `WritebackError` (retryable for 429, 5xx, connection errors)."""
+        """Write the plan to the ticket; raise `WritebackError` (retryable for 429, 5xx, connection errors).
+
+        :param ticket: the ticket as queued (or as read back by a `TicketReader`), with the vendor ids in `extra`.
+        :param plan: what the policy decided: fields to `apply`, ones only to `suggest`, the note, `shadow`.
+        :param result: the model's triage (fields, confidences, model version) the plan was made from.
+        :returns: applied, shadow or skipped, with the vendor's HTTP status where a call was made."""
         ...
 
 
@@ -260,15 +292,6 @@ class Poller(Protocol):
 
         A poller with a `retriage` setting that is on is called `poll(cursor, last_seen=...)` (connectors.polling)
         and may also return re-triage tickets, and tickets to remember in `PollResult.seen`."""
-        ...
-
-
-@runtime_checkable
-class ClosedTicketSource(Protocol):
-    """Optional: a connector that can list closed tickets (labelled records of DESIGN.md) for retraining."""
-
-    def closed_tickets(self, since: Any) -> Iterable[dict]:
-        """Labelled-ticket records closed after `since`; raise NotImplementedError where the ITSM has none."""
         ...
 
 
