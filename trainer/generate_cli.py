@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from triage_core.cli import fail, get_config
+from triage_core.cli import CliState, fail, pass_state
 
 from .splits import SPLITS
 
@@ -27,8 +27,8 @@ from .splits import SPLITS
 @click.option("--taxonomy", "taxonomy_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Taxonomy to label for (default: the configured one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-@click.pass_context
-def generate_command(ctx: click.Context, out_dir: Path, n: int, seed: int, lang_mix: str | None,
+@pass_state
+def generate_command(state: CliState, out_dir: Path, n: int, seed: int, lang_mix: str | None,
                      taxonomy_path: Path | None, as_json: bool) -> None:
     """Generate synthetic labelled IT tickets for training, split without near-duplicates across splits."""
     from triage_core.taxonomy import TaxonomyError, load_taxonomy
@@ -45,7 +45,7 @@ def generate_command(ctx: click.Context, out_dir: Path, n: int, seed: int, lang_
             shares = parse_lang_mix(lang_mix)
         except ValueError as exc:
             fail(f"--lang-mix: {exc}")
-    path = taxonomy_path or get_config(ctx).taxonomy_path
+    path = taxonomy_path or state.load_config().taxonomy_path
     try:
         taxonomy = load_taxonomy(path)
     except TaxonomyError as exc:

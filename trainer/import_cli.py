@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from triage_core.cli import fail, get_config
+from triage_core.cli import CliState, fail, pass_state
 
 from .importer import (ImportDataError, LabelMap, load_label_map_file, load_map_file, merge_label_maps,
                        parse_label_map_option, parse_map_option)
@@ -74,8 +74,8 @@ def _check_input(path: Path) -> None:
               help="Share of the records held out with --test-out.")
 @click.option("--force", is_flag=True, help="Overwrite --out and --test-out if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.pass_context
-def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple[str, ...], map_file: Path | None,
+@pass_state
+def import_command(state: CliState, file: Path, out: Path | None, maps: tuple[str, ...], map_file: Path | None,
                    label_maps: tuple[str, ...], label_map_file: Path | None, drop_rows: bool,
                    encoding: str | None, source: str | None, taxonomy_path: Path | None, test_out: Path | None,
                    test_share: float, force: bool, as_json: bool) -> None:
@@ -97,7 +97,7 @@ def import_command(ctx: click.Context, file: Path, out: Path | None, maps: tuple
     refuse_overwrite(out, force, "--out")
     refuse_overwrite(test_out, force, "--test-out")
     try:
-        taxonomy = load_taxonomy(taxonomy_path or get_config(ctx).taxonomy_path)
+        taxonomy = load_taxonomy(taxonomy_path or state.load_config().taxonomy_path)
     except TaxonomyError as exc:
         fail(str(exc))
     try:

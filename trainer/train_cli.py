@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from triage_core.cli import fail, get_config
+from triage_core.cli import CliState, fail, pass_state
 
 
 def load_labelled(path: Path, taxonomy: Any, map_file: Path | None = None) -> list[dict]:
@@ -43,11 +43,11 @@ def _log_eval_metrics(out_dir: Path, step: int, val: dict) -> None:
             writer.add_scalar(f"eval/{name}/macro_f1", m["macro_f1"], step)
 
 
-def _taxonomy(ctx: click.Context, path: Path | None):
+def _taxonomy(state: CliState, path: Path | None):
     from triage_core.taxonomy import TaxonomyError, load_taxonomy
 
     try:
-        return load_taxonomy(path or get_config(ctx).taxonomy_path)
+        return load_taxonomy(path or state.load_config().taxonomy_path)
     except TaxonomyError as exc:
         fail(str(exc))
 
@@ -84,8 +84,8 @@ def _taxonomy(ctx: click.Context, path: Path | None):
               help="Keep the adapter in --out as it is (its LM trained on --data) and fit only the lexical expert "
                    "and the pooling, calibrated on --val: how an adapter from before the recipe gains them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training summary as JSON.")
-@click.pass_context
-def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
+@pass_state
+def train_command(state: CliState, data: Path, val: Path | None, out_dir: Path, taxonomy_path: Path | None,
                   name: str | None, version: str | None, init_adapter: Path | None, resume: bool,
                   qlora: bool | None, max_steps: int | None, epochs: float | None, batch_size: int | None,
                   learning_rate: float | None, rank: int | None, max_length: int | None, seed: int | None,
@@ -100,8 +100,8 @@ def train_command(ctx: click.Context, data: Path, val: Path | None, out_dir: Pat
     from .recipe import train_adapter
     from .train import TrainingError, TrainSettings, write_meta
 
-    config = get_config(ctx)
-    taxonomy = _taxonomy(ctx, taxonomy_path)
+    config = state.load_config()
+    taxonomy = _taxonomy(state, taxonomy_path)
     try:
         records = read_records(data)
         val_records = read_records(val) if val else []
@@ -206,8 +206,8 @@ def _pool_only(config: Any, taxonomy: Any, out_dir: Path, records: list, val_rec
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write metrics.json, report.md and PNGs here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.pass_context
-def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_path: Path | None,
+@pass_state
+def eval_command(state: CliState, data: Path, map_file: Path | None, train_path: Path | None,
                  adapter: str | None, taxonomy_path: Path | None, limit: int | None, batch_size: int,
                  report_dir: Path | None, as_json: bool) -> None:
     """Evaluate the model (and a TF-IDF + SVM baseline) on labelled tickets."""
@@ -218,8 +218,8 @@ def eval_command(ctx: click.Context, data: Path, map_file: Path | None, train_pa
     from .evaluate import evaluate, evaluated_fields, model_line, policy_snippet, summary_table, write_report
     from .records import RecordError, read_records
 
-    config = get_config(ctx)
-    taxonomy = _taxonomy(ctx, taxonomy_path)
+    config = state.load_config()
+    taxonomy = _taxonomy(state, taxonomy_path)
     records = load_labelled(data, taxonomy, map_file)
     if limit:
         records = records[:limit]

@@ -4,6 +4,14 @@ Like `flask`, the group knows none of its subcommands by import: each package re
 `ticket_triage.commands` entry-point group (triage_core: triage, taxonomy; trainer: generate, import, train, eval,
 ...; connectors: serve, db, jobs, ...), and `taxonomy` subcommands under `ticket_triage.taxonomy_commands`
 (trainer: infer). A broken plug-in is reported and skipped, not fatal.
+
+The group hands every subcommand one `CliState` (as `flask` hands its commands a `ScriptInfo`): take it with
+`@pass_state`, and call `state.load_config()` for the config named by `--config`::
+
+    @click.command("hello")
+    @pass_state
+    def hello_command(state: CliState) -> None:
+        click.echo(state.load_config().taxonomy_path)
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ import json
 import logging
 import sys
 import warnings
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,17 +64,33 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+@dataclass
+class CliState:
+    """What the `ticket-triage` group knows for its subcommands: the `--config` path, and the config it names once
+    loaded. A command invoked without the group (a test, another tool's group) gets a fresh one: embedded
+    defaults, or $TRIAGE_CONFIG where `load_config` reads it."""
+
+    config_path: str | None = None
+    _config: Config | None = field(default=None, repr=False)
+
+    def load_config(self) -> Config:
+        """The config named by --config (or $TRIAGE_CONFIG), loaded once per invocation; a bad one exits with
+        its one-line reason."""
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                fail(str(exc))
+        return self._config
+
+
+#: Passes the invocation's `CliState` to a command as its first argument (creating one where the group did not).
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
 def get_config(ctx: click.Context) -> Config:
-    """The config named by --config (or $TRIAGE_CONFIG), loaded once per invocation."""
-    root = ctx.find_root()
-    obj = root.obj if isinstance(root.obj, dict) else {}
-    if "config" not in obj:
-        try:
-            obj["config"] = load_config(obj.get("config_path"))
-        except ConfigError as exc:
-            fail(str(exc))
-        root.obj = obj
-    return obj["config"]
+    """The invocation's config, for commands that take the click context rather than `@pass_state`."""
+    return ctx.ensure_object(CliState).load_config()
 
 
 def database_where(url: str) -> str:
@@ -112,7 +137,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         quiet_third_party()
-    ctx.obj = {"config_path": config_path}
+    ctx.obj = CliState(config_path=config_path)
 
 
 #: Libraries whose warnings (missing optional kernels, deprecations) say nothing about the user's input.
@@ -186,8 +211,8 @@ def _human(result: dict[str, Any], alternatives: int = 3) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--distributions", is_flag=True,
               help="Show each enum field's alternatives (with --json: the full distribution).")
-@click.pass_context
-def triage_command(ctx: click.Context, text: str | None, file_: Path | None, adapter: str | None, as_json: bool,
+@pass_state
+def triage_command(state: CliState, text: str | None, file_: Path | None, adapter: str | None, as_json: bool,
                    distributions: bool) -> None:
     """Triage TEXT (or - for stdin, or --file for JSONL) and print the result."""
     if file_ is None and text is None:
@@ -216,7 +241,7 @@ def triage_command(ctx: click.Context, text: str | None, file_: Path | None, ada
             fail(f"ticket {ident}: empty text (no letters or digits), nothing to triage")
     items = cleaned
 
-    config = get_config(ctx)
+    config = state.load_config()
     from .model import ModelError
     from .taxonomy import TaxonomyError
     from .triager import TriageError, Triager
@@ -256,12 +281,12 @@ def taxonomy_group() -> None:
 @taxonomy_group.command("check")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def taxonomy_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+@pass_state
+def taxonomy_check(state: CliState, path: Path | None, as_json: bool) -> None:
     """Validate a taxonomy file (default: the configured one) and summarise it."""
     from .taxonomy import TaxonomyError, load_taxonomy
 
-    path = path or get_config(ctx).taxonomy_path
+    path = path or state.load_config().taxonomy_path
     try:
         tax = load_taxonomy(path)
     except TaxonomyError as exc:
@@ -278,14 +303,14 @@ def taxonomy_check(ctx: click.Context, path: Path | None, as_json: bool) -> None
 
 @taxonomy_group.command("schema")
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.pass_context
-def taxonomy_schema(ctx: click.Context, path: Path | None) -> None:
+@pass_state
+def taxonomy_schema(state: CliState, path: Path | None) -> None:
     """Print the JSON Schema (draft 2020-12) derived from the taxonomy."""
     from .schema import json_schema
     from .taxonomy import TaxonomyError, load_taxonomy
 
     try:
-        tax = load_taxonomy(path or get_config(ctx).taxonomy_path)
+        tax = load_taxonomy(path or state.load_config().taxonomy_path)
     except TaxonomyError as exc:
         fail(str(exc))
     click.echo(json.dumps(json_schema(tax), indent=2, ensure_ascii=False))
