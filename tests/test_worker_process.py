@@ -63,9 +63,10 @@ def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_
     itsm = Callback(script=[HANG])
     env = {"TRIAGE_SERVER_SHUTDOWN_SECONDS": str(SHUTDOWN), "TRIAGE_SERVER_WORKERS": "1",
            "TRIAGE_CONNECTORS_SETTINGS": "{generic: {timeout: 120}}"}
-    daemon = Daemon(tmp_path, **env).start()
+    daemon = Daemon(tmp_path, **env)
     worker = None
     try:
+        daemon.start()
         refs = [f"T-{i}" for i in range(5)]
         for ref in refs:
             r = daemon.webhook(ticket(ref, itsm))
@@ -101,9 +102,10 @@ def test_sigterm_to_a_busy_daemon_exits_0_in_time_and_a_fresh_worker_does_every_
 def test_an_ingest_only_server_queues_and_a_worker_process_does_the_work(tmp_path, callback):
     """`serve --workers 0` accepts webhooks and answers the API with no worker thread; a `ticket-triage worker`
     process on the same database triages and writes back."""
-    daemon = Daemon(tmp_path, TRIAGE_SERVER_WORKERS="0").start()
+    daemon = Daemon(tmp_path, TRIAGE_SERVER_WORKERS="0")
     worker = None
     try:
+        daemon.start()
         ready = daemon.api("/readyz").json()
         assert ready["ready"] and ready["workers"]
         for ref in ("W-1", "W-2"):
