@@ -55,6 +55,39 @@ class WorkerContext:
     poll_interval: float = 0.5
 
 
+class LeaseKeeper:
+    """Extends the leases of the batch in hand every third of a lease while it is processed.
+
+    A lease only says "this worker is alive": a slow batch (long e-mails on a busy CPU, a vendor slow to answer)
+    must not be taken over by another worker and triaged and written twice. Jobs settled meanwhile drop out (their
+    lease is gone); a database hiccup is logged and retried at the next beat, well before the lease runs out.
+    """
+
+    def __init__(self, queue: JobQueue, owner: str, jobs: list[ClaimedJob]):
+        self.queue, self.owner, self.jobs = queue, owner, list(jobs)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"{owner}-lease", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(max(0.5, self.queue.lease_seconds / 3)):
+            for job in list(self.jobs):
+                try:
+                    self.queue.extend(job.id, self.owner)
+                except LeaseLost:  # settled, handed back or taken over: nothing to keep
+                    self.jobs.remove(job)
+                except Exception:
+                    log.warning("%s: extending the lease of job %d failed; retried at the next beat", self.owner,
+                                job.id, exc_info=True)
+
+
 class Worker(threading.Thread):
     def __init__(self, name: str, ctx: WorkerContext, stop: threading.Event):
         super().__init__(name=name, daemon=True)
@@ -76,7 +109,8 @@ class Worker(threading.Thread):
                 continue
             self.in_hand = jobs
             try:
-                self.process(jobs)
+                with LeaseKeeper(self.ctx.queue, self.name, jobs):
+                    self.process(jobs)
             except Exception as exc:  # a bug outside the per-job guards: hand the jobs back, keep the thread
                 log.exception("%s: processing a batch failed", self.name)
                 self._release(jobs, f"processing crashed: {exc!r}")

@@ -401,3 +401,33 @@ def test_field_below_threshold_is_not_written(tmp_path, callback):
         assert "Needs review: priority" in body["note"] and "below 100%" in body["note"]
     finally:
         d.stop()
+
+
+def test_a_slow_batch_keeps_its_lease_and_is_never_taken_over(tmp_path):
+    """A write-back slower than several leases: the worker's heartbeat keeps the job, so a second worker polling
+    the same database never claims it, and the ticket is triaged and written back once."""
+    from triage_core.queue import JobQueue
+    from triage_core.store import Store
+
+    itsm = Callback(script=[HOLD])  # the ticketing system takes its time to answer the first write-back
+    lease = 2
+    d = Daemon(tmp_path, TRIAGE_QUEUE_LEASE_SECONDS=str(lease), TRIAGE_SERVER_WORKERS="1").start()
+    store = Store(f"sqlite:///{d.db}")
+    try:
+        assert d.webhook(ticket("T-slow", itsm)).status_code == 202
+        assert itsm.hung.wait(180), "no write-back started"
+        intruder = JobQueue(store, lease_seconds=lease)
+        deadline = time.time() + 4 * lease  # the job's first lease ran out long before this
+        while time.time() < deadline:
+            assert intruder.claim("intruder") is None  # still the daemon's worker's job: its lease was extended
+            time.sleep(0.25)
+        itsm.release()
+        d.wait_depth(done=1)
+        assert len(itsm.attempts) == 1  # one write-back: nobody took the job over and wrote it again
+        with sqlite3.connect(d.db) as conn:
+            assert conn.execute("SELECT count(*) FROM triage_results").fetchone()[0] == 1
+            assert conn.execute("SELECT attempts FROM jobs").fetchone()[0] == 1
+    finally:
+        itsm.close()
+        store.dispose()
+        d.stop()
