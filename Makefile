@@ -20,8 +20,8 @@ install: $(VENV)/.installed
 # Dev secrets: random ones in .dev-secrets (mode 600) unless already exported; `. ./.dev-secrets` to use them.
 .dev-secrets:
 	@umask 077; tok() { $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))'; }; \
-	printf 'export TRIAGE_API_TOKEN=$${TRIAGE_API_TOKEN:-%s}\nexport TRIAGE_GENERIC_SECRET=$${TRIAGE_GENERIC_SECRET:-%s}\n' \
-		"$$(tok)" "$$(tok)" > $@
+	printf 'export TRIAGE_API_TOKEN=$${TRIAGE_API_TOKEN:-%s}\nexport TRIAGE_GENERIC_SECRET=$${TRIAGE_GENERIC_SECRET:-%s}\nexport TRIAGE_CONSOLE_TOKEN=$${TRIAGE_CONSOLE_TOKEN:-%s}\n' \
+		"$$(tok)" "$$(tok)" "$$(tok)" > $@
 
 run: $(VENV)/.installed .dev-secrets
 	. ./.dev-secrets && exec $(VENV)/bin/ticket-triage serve
