@@ -194,14 +194,13 @@ def test_a_misspelt_setting_is_warned_about_and_secrets_are_not(tmp_path, caplog
 @pytest.mark.parametrize("args", [("db", "upgrade"), ("jobs", "list"), ("jobs", "retry", "--all"),
                                   ("models", "list"), ("models", "rollback"), ("retrain", "--now"), ("serve",)])
 def test_postgres_without_psycopg_is_one_line_naming_the_extra(tmp_path, args):
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("psycopg is installed here")
+    # psycopg is installed for the PostgreSQL tests: hide it from the child, as a machine without it would.
+    hidden = tmp_path / "no-psycopg"
+    hidden.mkdir()
+    (hidden / "psycopg.py").write_text('raise ModuleNotFoundError("No module named \'psycopg\'", name="psycopg")\n')
     code, out, err = cli(*args, cwd=tmp_path,
-                         env={"TRIAGE_DATABASE_URL": "postgresql+psycopg://triage:pw@db.example/triage"})
+                         env={"TRIAGE_DATABASE_URL": "postgresql+psycopg://triage:pw@db.example/triage",
+                              "PYTHONPATH": str(hidden)})
     assert code != 0
     assert errors(err) == ["error: database.url db.example/triage: the database driver 'psycopg' is not "
                            "installed; pip install 'ticket-triage[postgres]'"]
