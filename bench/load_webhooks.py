@@ -104,7 +104,7 @@ def main() -> None:
             try:
                 if requests.get(base + "/readyz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # gunicorn holds connections while it loads
                 time.sleep(0.2)
 
     rng = random.Random(1)
