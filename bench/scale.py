@@ -28,12 +28,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+
+from load_webhooks import Receiver  # the ITSM's stand-in: answers 200 to every write-back, counts them
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = shutil.which("ticket-triage", path=str(Path(sys.executable).parent)) or "ticket-triage"
@@ -42,28 +42,6 @@ TEXTS = ["VPN drops every few minutes for the sales team", "Printer on floor {n}
          "Please install Visio on laptop {n}", "Cannot log in to SAP since the password change",
          "Outlook does not sync my calendar", "Wi-Fi in meeting room {n} is down",
          "Need access to the finance share for the month-end close", "Monitor {n} flickers after the update"]
-
-
-class Receiver:
-    """The ITSM's stand-in: answers 200 to every write-back and counts them."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                outer.ids.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))["id"])
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/writeback"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def free_port() -> int:
