@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from triage_core.combine import VIEWS, Combination, FieldParams
-from triage_core.descriptions import LONG_LIST, LONG_TERMS, MIN_VALUES, TERMS
+from triage_core.descriptions import LONG_LIST, LONG_TERMS, TERMS
 from triage_core.lexical import ExpertError, LexicalExpert
 from triage_core.model import load_model, read_adapter_meta
+from triage_core.prompt import VALUE_DESCRIPTION_LIMIT
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import DecodingSettings, Triager
 
@@ -90,10 +91,11 @@ def fit_expert(records: Sequence[Record], taxonomy: Taxonomy) -> LexicalExpert |
 
 
 def describe_labels(expert: LexicalExpert, taxonomy: Taxonomy) -> dict[str, dict[str, str]]:
-    """Each value of a long, independent enum field described by the terms that set its tickets apart."""
+    """Each value of a long, independent enum field described by the terms that set its tickets apart (short
+    lists, up to the prompt's VALUE_DESCRIPTION_LIMIT, keep the taxonomy's own descriptions)."""
     out: dict[str, dict[str, str]] = {}
     for f in taxonomy.enum_fields:
-        if f.parent or len(f.values) <= MIN_VALUES:
+        if f.parent or len(f.values) <= VALUE_DESCRIPTION_LIMIT:
             continue
         k = TERMS if len(f.values) <= LONG_LIST else LONG_TERMS
         terms = expert.distinctive_terms(f.name, k)

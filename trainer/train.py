@@ -469,7 +469,7 @@ class _Loop:
         from tqdm import tqdm
 
         model, settings = self.loaded.model, self.settings
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # the LoRA weights
         use_autocast = not settings.qlora and next(model.parameters()).dtype == torch.bfloat16
         model.train()
         t0 = time.perf_counter()

@@ -14,8 +14,6 @@ from typing import Mapping
 
 #: File in the adapter folder: {field: {value: "term, term, term"}}.
 DESCRIPTIONS_FILE = "label_descriptions.json"
-#: Fields with more values than this are described (the prompt shows taxonomy descriptions up to it).
-MIN_VALUES = 4
 #: Terms per value: three while the list is short enough for the prompt, two beyond `LONG_LIST`.
 TERMS, LONG_TERMS, LONG_LIST = 3, 2, 30
 
