@@ -73,10 +73,9 @@ def train_adapter(records: Sequence[Record], taxonomy: Taxonomy, model_cfg: Mapp
     result = train(fit, taxonomy, model_cfg, settings, out_dir, learnt=learnt, **train_kwargs)
     lm_seconds = time.perf_counter() - t1
     recipe = fit_pooling(out_dir, taxonomy, model_cfg, fit, [records[i] for i in cal_idx], records,
-                         decoding=decoding, lexical=lexical, expert=expert)
+                         decoding=decoding, lexical=lexical, expert=expert, expert_seconds=lexical_seconds)
     recipe.train, recipe.calibration_ids = result, list(cal_idx)
     recipe.seconds["lm"] = lm_seconds
-    recipe.seconds["lexical"] += lexical_seconds
     return recipe
 
 
@@ -107,14 +106,15 @@ def describe_labels(expert: LexicalExpert, taxonomy: Taxonomy) -> dict[str, dict
 
 def fit_pooling(adapter_dir: str | Path, taxonomy: Taxonomy, model_cfg: Mapping[str, Any], fit: Sequence[Record],
                 cal: Sequence[Record], everything: Sequence[Record], *, decoding: DecodingSettings | None = None,
-                lexical: bool = True, expert: LexicalExpert | None = None) -> RecipeResult:
+                lexical: bool = True, expert: LexicalExpert | None = None,
+                expert_seconds: float = 0.0) -> RecipeResult:
     """Steps 4-5 for an adapter whose LM was trained on `fit`: the pooling and the thresholds, and the expert
-    (fitted on `fit` here unless given).
+    (fitted on `fit` here unless given, with the `expert_seconds` that took, so the metadata counts them).
 
     Also how an adapter trained before the recipe (the shipped one) gains its expert and calibration.
     """
     out_dir = Path(adapter_dir)
-    seconds: dict[str, float] = {"lexical": 0.0}
+    seconds: dict[str, float] = {"lexical": expert_seconds}
     combination = Combination(priors=label_priors(everything, taxonomy))
     fields = [f.name for f in taxonomy.enum_fields]
     if lexical and expert is None:
