@@ -69,7 +69,7 @@ class FieldMap:
             if spec == SAME:
                 continue
             if tf.parent is not None and self.is_nested(name):
-                for parent_value, sub in spec.items():
+                for parent_value, _sub in spec.items():
                     if parent_value not in tf.children:
                         problems.append(f"{self.key}.{name}.{parent_value}: not a {tf.parent} label")
                 for parent_value, allowed in tf.children.items():

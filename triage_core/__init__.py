@@ -5,7 +5,7 @@ It imports neither `connectors` nor `trainer`; they import it.
 from .config import Config, ConfigError, load_config
 from .schema import SchemaViolation, json_schema, validate_ticket
 from .taxonomy import Field, Taxonomy, TaxonomyError, load_taxonomy, parse_taxonomy
-from .triager import DecodingSettings, EmptyTicketError, TriageError, TriageResult, Triager
+from .triager import DecodingSettings, EmptyTicketError, TriageError, Triager, TriageResult
 
 __all__ = [
     "Config", "ConfigError", "load_config", "SchemaViolation", "json_schema", "validate_ticket", "Field",

@@ -261,7 +261,7 @@ def triage_command(state: CliState, text: str | None, file_: Path | None, adapte
         results = triager.triage_many([body for _, body in items])
     except TriageError as exc:
         fail(str(exc), code=1)
-    for (ident, _), result in zip(items, results):
+    for (ident, _), result in zip(items, results, strict=True):
         data = result.to_dict(distributions=distributions)
         if file_ is not None:
             data = {"id": ident, **data}

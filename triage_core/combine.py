@@ -80,13 +80,13 @@ def pool(params: FieldParams, allowed: Sequence[str], lm: Mapping[str, float] | 
     top = max(scores)
     weights = [math.exp(s - top) for s in scores]
     norm = sum(weights)
-    dist = {v: w / norm for v, w in zip(allowed, weights)}
+    dist = {v: w / norm for v, w in zip(allowed, weights, strict=True)}
     decision = scores if pri is None or not params.tau else \
-        [s - params.tau * math.log(pri[v]) for s, v in zip(scores, allowed)]
+        [s - params.tau * math.log(pri[v]) for s, v in zip(scores, allowed, strict=True)]
     return dist, allowed[max(range(len(allowed)), key=decision.__getitem__)]
 
 
 def _renormalised(dist: Mapping[str, float], allowed: Sequence[str]) -> dict[str, float]:
     raw = [max(float(dist.get(v, 0.0)), _FLOOR) for v in allowed]
     total = sum(raw)
-    return {v: r / total for v, r in zip(allowed, raw)}
+    return {v: r / total for v, r in zip(allowed, raw, strict=True)}

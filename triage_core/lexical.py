@@ -95,8 +95,8 @@ class LexicalExpert:
         out: list[dict[str, dict[str, float]]] = [{} for _ in texts]
         for name, fm in self.fields.items():
             probs = _softmax(fm.scale * (np.asarray(x @ fm.coef.T) + fm.intercept))
-            for row, p in zip(out, probs):
-                row[name] = {v: float(q) for v, q in zip(fm.classes, p)}
+            for row, p in zip(out, probs, strict=True):
+                row[name] = {v: float(q) for v, q in zip(fm.classes, p, strict=True)}
         return out
 
     def distinctive_terms(self, name: str, k: int = 6) -> dict[str, list[str]]:

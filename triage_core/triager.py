@@ -163,7 +163,7 @@ class Triager:
                 decoded = self.decoder.decode([encoded[i].ids for i in chunk], chooser=self._chooser(lexical))
                 # Each ticket's share of its batch's time, not the whole batch's.
                 share = int(round((time.perf_counter() - t0) * 1000 / len(chunk)))
-                for i, d, lex in zip(chunk, decoded, lexical):
+                for i, d, lex in zip(chunk, decoded, lexical, strict=True):
                     results[i] = self._result(d, lex, share, encoded[i].truncated)
         return results  # type: ignore[return-value]
 

@@ -26,7 +26,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], *, label: str, wid
     body = [f'<line x1="{left}" y1="{height - bottom}" x2="{width - 4}" y2="{height - bottom}" stroke="#b4c0cc"/>',
             f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{_num(peak)}</text>',
             f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">0</text>']
-    for i, (name, v) in enumerate(zip(labels, values)):
+    for i, (name, v) in enumerate(zip(labels, values, strict=True)):
         h = 0 if not v else (height - bottom - top) * v / peak
         x = left + i * step + step * 0.15
         y = height - bottom - h

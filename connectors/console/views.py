@@ -11,7 +11,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for)
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
 from . import charts, review, stats
@@ -80,7 +80,8 @@ def guard():
         return None
     user = session.get("user")
     if not user:
-        return redirect(url_for("console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+        return redirect(url_for("console.login",
+                                next=request.full_path.rstrip("?") if request.method == "GET" else None))
     g.user = user
     return None
 
