@@ -39,7 +39,7 @@ def fit_view(data: HeldOut, prior: Mapping[str, float], view: str) -> FieldParam
         w = np.zeros(3)
         w[list(free)] = x
         total = 0.0
-        for f, g in zip(feats, gold_idx):
+        for f, g in zip(feats, gold_idx, strict=True):
             s = f @ w
             m = s.max()
             total -= s[g] - m - np.log(np.exp(s - m).sum())
@@ -62,7 +62,7 @@ def _with_tau(p: FieldParams, tau: float) -> FieldParams:
 def _features(data: HeldOut, prior: Mapping[str, float]) -> tuple[list[np.ndarray], list[int]]:
     """Per ticket a [values, 3] matrix of log p_lm, log p_lex and log prior over its allowed values."""
     feats, gold = [], []
-    for allowed, lm, lex, g in zip(data.allowed, data.lm, data.lexical, data.gold):
+    for allowed, lm, lex, g in zip(data.allowed, data.lm, data.lexical, data.gold, strict=True):
         if g not in allowed:
             continue
         cols = []
@@ -76,7 +76,7 @@ def _features(data: HeldOut, prior: Mapping[str, float]) -> tuple[list[np.ndarra
 
 def predict(data: HeldOut, prior: Mapping[str, float], params: FieldParams) -> tuple[list[str], list[float]]:
     out, conf = [], []
-    for allowed, lm, lex in zip(data.allowed, data.lm, data.lexical):
+    for allowed, lm, lex in zip(data.allowed, data.lm, data.lexical, strict=True):
         dist, value = pool(params, list(allowed), lm, lex, prior)
         out.append(value)
         conf.append(dist[value])
@@ -108,7 +108,7 @@ def threshold_for_precision(correct: Sequence[bool], confidence: Sequence[float]
     None when no threshold reaches it. Thresholds are the observed confidences, so the coverage is exact on
     these tickets (ServiceNow's precision/coverage view).
     """
-    pairs = sorted(zip(confidence, correct), reverse=True)
+    pairs = sorted(zip(confidence, correct, strict=True), reverse=True)
     best: tuple[float | None, float] = (None, 0.0)
     right = 0
     for k, (conf, ok) in enumerate(pairs, start=1):

@@ -97,7 +97,7 @@ def predict_baseline(train: Sequence[Record], records: Sequence[Record], fields:
         clf = _svm(make_pipeline(features, LinearSVC(C=0.5, class_weight="balanced")),
                    [r["labels"][name] for r in rows])
         clf.fit([r["text"] for r in rows], [r["labels"][name] for r in rows])
-        for p, label in zip(preds.labels, clf.predict([r["text"] for r in records])):
+        for p, label in zip(preds.labels, clf.predict([r["text"] for r in records]), strict=True):
             p[name] = str(label)
     preds.seconds = time.perf_counter() - t0
     preds.valid = [True] * len(records)
@@ -145,7 +145,7 @@ def score(records: Sequence[Record], preds: Predictions, fields: Sequence[str]) 
         }
         if preds.confidence:
             conf = [preds.confidence[i].get(name, 0.0) for i in idx]
-            correct = [g == o for g, o in zip(gold, got)]
+            correct = [g == o for g, o in zip(gold, got, strict=True)]
             out["fields"][name]["coverage_curve"] = coverage_curve(correct, conf)
             out["fields"][name]["ece"] = round(expected_calibration_error(correct, conf), 4)
             for target in (0.9, 0.95):
@@ -166,7 +166,7 @@ def coverage_curve(correct: Sequence[bool], confidence: Sequence[float]) -> list
     rows = []
     n = len(correct)
     for t in THRESHOLDS:
-        kept = [c for c, p in zip(correct, confidence) if p >= t]
+        kept = [c for c, p in zip(correct, confidence, strict=True) if p >= t]
         rows.append({"threshold": t, "coverage": round(len(kept) / n, 4) if n else 0.0,
                      "accuracy": round(sum(kept) / len(kept), 4) if kept else None})
     return rows

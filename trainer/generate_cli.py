@@ -57,7 +57,8 @@ def generate_command(state: CliState, out_dir: Path, n: int, seed: int, lang_mix
     parts = split_records(records, seed=seed)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        counts = {name: write_records(out_dir / f"{name}.jsonl", part) for name, part in zip(SPLITS, parts)}
+        counts = {name: write_records(out_dir / f"{name}.jsonl", part)
+                  for name, part in zip(SPLITS, parts, strict=True)}
     except OSError as exc:
         fail(f"{out_dir}: {exc.strerror or exc}")
 

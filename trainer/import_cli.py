@@ -13,8 +13,15 @@ import click
 
 from triage_core.cli import CliState, fail, pass_state
 
-from .importer import (ImportDataError, LabelMap, load_label_map_file, load_map_file, merge_label_maps,
-                       parse_label_map_option, parse_map_option)
+from .importer import (
+    ImportDataError,
+    LabelMap,
+    load_label_map_file,
+    load_map_file,
+    merge_label_maps,
+    parse_label_map_option,
+    parse_map_option,
+)
 from .records import SOURCES
 
 _MAP_HELP = ("FIELD=COLUMN, repeatable: text (join columns with +, e.g. text=\"Short description+Description\"), "

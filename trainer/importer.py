@@ -348,7 +348,7 @@ def _csv_table(path: Path, text: IO[str], enc: str, detected: bool) -> Table:
             n += 1
             if len(cells) != len(columns):
                 ragged[len(cells) > len(columns)] += 1
-            yield n, dict(zip(columns, cells))
+            yield n, dict(zip(columns, cells, strict=False))
         if ragged[False]:
             warnings.append(f"{ragged[False]} rows have fewer cells than the header (missing cells read as empty)")
         if ragged[True]:

@@ -122,6 +122,6 @@ def split_records(records: Sequence[R], seed: int = 13, ratios: Sequence[float] 
     """
     shares = _check_ratios(ratios)
     out: tuple[list[R], list[R], list[R]] = ([], [], [])
-    for record, group in zip(records, group_ids(records, key)):
+    for record, group in zip(records, group_ids(records, key), strict=True):
         out[_bucket(group, seed, shares)].append(record)
     return out

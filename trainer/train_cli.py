@@ -92,12 +92,11 @@ def train_command(state: CliState, data: Path, val: Path | None, out_dir: Path, 
                   lexical: bool, pool_only: bool, as_json: bool) -> None:
     """Fine-tune a LoRA (or QLoRA) adapter on labelled records."""
     from triage_core.model import ModelError, read_adapter_meta
-
-    from .records import RecordError, read_records
-    from .synthetic import INSTRUCTIONS
     from triage_core.triager import DecodingSettings
 
     from .recipe import train_adapter
+    from .records import RecordError, read_records
+    from .synthetic import INSTRUCTIONS
     from .train import TrainingError, TrainSettings, write_meta
 
     config = state.load_config()
