@@ -147,7 +147,8 @@ def main() -> None:
     depth = {}
     while time.perf_counter() - t0 < args.timeout:
         depth = requests.get(base + "/v1/jobs", headers=headers, timeout=30).json()["depth"]
-        if depth.get("done", 0) + depth.get("dead", 0) >= unique and not depth.get("queued") and not depth.get("running"):
+        if (depth.get("done", 0) + depth.get("dead", 0) >= unique and not depth.get("queued")
+                and not depth.get("running")):
             break
         time.sleep(1)
     all_done = time.perf_counter() - t0

@@ -4,9 +4,9 @@ The data is ../shared/data/endava_topic_group.csv, taken the way a team bootstra
 README's first path): `ticket-triage taxonomy infer` drafts a taxonomy from its labels (topic_group as category,
 ticket_type as request type: 1, a service request, on every row of this subset), `ticket-triage import` turns the
 export into records. The file has no dates, so records are shuffled once with a fixed seed; a fixed held-out slice
-(--test-n records) scores every size and the training slices are nested prefixes of the rest; each size trains a fresh LoRA adapter on the base model
-within the stated budget (--epochs over the slice, at most --max-steps steps of --batch tickets), the way a nightly
-run would. The baseline is trained on the same slice.
+(--test-n records) scores every size and the training slices are nested prefixes of the rest; each size trains a
+fresh LoRA adapter on the base model within the stated budget (--epochs over the slice, at most --max-steps steps
+of --batch tickets), the way a nightly run would. The baseline is trained on the same slice.
 
     python bench/retrain_curve.py PATH/TO/endava_topic_group.csv [--sizes 250,500,1000,2000] [--test-n 200]
         [--max-steps 250] [--epochs 2] [--lr 2e-3]
@@ -52,11 +52,11 @@ def main() -> None:
         ap.error(f"{args.data}: file not found; give the path to endava_topic_group.csv")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
-    from triage_core import Triager, load_config, load_taxonomy
     from trainer.evaluate import evaluate
     from trainer.records import read_records
     from trainer.synthetic import INSTRUCTIONS
     from trainer.train import TrainSettings, train
+    from triage_core import Triager, load_config, load_taxonomy
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

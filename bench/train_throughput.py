@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def synthetic_records(n: int, seed: int):
-    from triage_core import load_config, load_taxonomy
     from trainer.synthetic import generate
+    from triage_core import load_config, load_taxonomy
 
     cfg = load_config()
     return generate(load_taxonomy(cfg.taxonomy_path), n, seed=seed)
@@ -37,9 +37,9 @@ def synthetic_records(n: int, seed: int):
 def run_variant(name: str, steps: int, queue) -> None:
     import torch
 
-    from triage_core import load_config, load_taxonomy
     from trainer.synthetic import INSTRUCTIONS
     from trainer.train import IGNORE, TrainSettings, build_examples, collate, length_grouped_batches, prepare_model
+    from triage_core import load_config, load_taxonomy
 
     cfg = load_config()
     tax = load_taxonomy(cfg.taxonomy_path)
@@ -100,10 +100,10 @@ def throughput(steps: int) -> list[dict]:
 
 
 def curve(sizes: list[int], test_n: int, seed: int) -> list[dict]:
-    from triage_core import Triager, load_config, load_taxonomy
     from trainer.evaluate import evaluate, headline
     from trainer.synthetic import INSTRUCTIONS
     from trainer.train import TrainSettings, train
+    from triage_core import Triager, load_config, load_taxonomy
 
     cfg = load_config()
     tax = load_taxonomy(cfg.taxonomy_path)
@@ -140,7 +140,8 @@ def main() -> None:
               f"{r['peak_rss_mb']:>11.0f} {r['trainable_params']:>10}")
     naive, ours = rows
     print(f"ours / naive: real tokens/s x{ours['real_tps'] / naive['real_tps']:.2f}, processed tokens/s "
-          f"x{ours['processed_tps'] / naive['processed_tps']:.2f}, peak RSS x{ours['peak_rss_mb'] / naive['peak_rss_mb']:.2f}")
+          f"x{ours['processed_tps'] / naive['processed_tps']:.2f}, "
+          f"peak RSS x{ours['peak_rss_mb'] / naive['peak_rss_mb']:.2f}")
     out = {"throughput": rows}
     if args.curve:
         sizes = [int(s) for s in args.curve.split(",") if s.strip()]

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from triage_core.taxonomy import load_taxonomy
+
 from fake_vendor import FakeVendor, Problem, Reply, Request
 from fake_zoho import Accounts
-from triage_core.taxonomy import load_taxonomy
 
 ACCEPT = "application/vnd.manageengine.sdp.v3+json"
 FORM = "application/x-www-form-urlencoded"

@@ -12,10 +12,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from collections import Counter
 
 import pytest
 import requests
@@ -241,7 +240,8 @@ def test_bad_requests_are_refused_and_nothing_is_stored(tmp_path, callback):
         assert requests.post(d.base + "/webhooks/nope", data=b"{}", timeout=10).status_code == 404
         assert d.api("/v1/tickets/generic/F-1").status_code == 404
         assert requests.get(d.base + "/v1/jobs", timeout=10).status_code == 401
-        assert requests.get(d.base + "/v1/jobs", headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+        assert requests.get(d.base + "/v1/jobs", headers={"Authorization": "Bearer nope"},
+                            timeout=10).status_code == 401
         assert d.api("/v1/jobs").json()["depth"].get("queued", 0) == 0
         metrics = requests.get(d.base + "/metrics", timeout=10).text
         assert 'triage_webhooks_refused_total{connector="generic",status="401"} 2.0' in metrics

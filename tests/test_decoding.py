@@ -9,7 +9,6 @@ import torch
 from triage_core import Triager, load_config, load_taxonomy, parse_taxonomy
 from triage_core.decoding import clip_text
 
-
 pytestmark = pytest.mark.slow  # a float32 copy of the real model
 
 
@@ -66,7 +65,7 @@ def test_batched_decoding_matches_one_by_one(fp32_triager):
     texts = ["Outlook keeps asking for my password", "Wi-Fi in meeting room B is down",
              "please create an account for the new starter Ana Ruiz, she starts Monday in Sales"]
     batched = fp32_triager.triage_many(texts, batch_size=3)
-    for text, b in zip(texts, batched):
+    for text, b in zip(texts, batched, strict=True):
         s = fp32_triager.triage(text)
         assert s.ticket == b.ticket
         for field, dist in s.distributions.items():
@@ -76,9 +75,9 @@ def test_batched_decoding_matches_one_by_one(fp32_triager):
 
 def reference_greedy_summary(triager, text, ticket):
     """Plain greedy decoding of the summary, written independently of the decoder: one sequence, one token per
-    forward pass on the model's own KV cache (no drafts, no batching, no masking tricks), the arg-max among the tokens that may
-    stand inside a JSON string (no quote, backslash or control character, no special token) or the closing
-    token, which is not allowed before the first visible character; at most summary_max_tokens tokens."""
+    forward pass on the model's own KV cache (no drafts, no batching, no masking tricks), the arg-max among the
+    tokens that may stand inside a JSON string (no quote, backslash or control character, no special token) or the
+    closing token, which is not allowed before the first visible character; at most summary_max_tokens tokens."""
     codec, tax, tok = triager.codec, triager.taxonomy, triager.loaded.tokenizer
     index = tax.field_names.index("summary")
     ids = list(codec.prefix_ids) + codec.user_ids(codec.encode_ticket(text, triager.settings.max_ticket_tokens).ids)

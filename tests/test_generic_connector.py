@@ -12,8 +12,14 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from connectors.base import (Connector, ConnectorConfigError, WebhookRejected, WritebackError, load_connectors,
-                             parse_retry_after)
+from connectors.base import (
+    Connector,
+    ConnectorConfigError,
+    WebhookRejected,
+    WritebackError,
+    load_connectors,
+    parse_retry_after,
+)
 from connectors.generic import GenericConnector, from_config, sign, signed_headers, verify
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket

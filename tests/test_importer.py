@@ -9,8 +9,14 @@ import yaml
 from click.testing import CliRunner
 
 from trainer.import_cli import import_command, infer_command
-from trainer.importer import (ImportDataError, check_label_map, import_tickets, load_map_file,
-                              parse_label_map_option, parse_map_option)
+from trainer.importer import (
+    ImportDataError,
+    check_label_map,
+    import_tickets,
+    load_map_file,
+    parse_label_map_option,
+    parse_map_option,
+)
 from trainer.infer import infer_taxonomy
 from trainer.records import read_records
 from triage_core.taxonomy import load_taxonomy

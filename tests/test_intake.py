@@ -11,10 +11,11 @@ import time
 import pytest
 import requests
 
-from conftest import LiveDaemon
 from connectors.generic import signed_headers
-from test_generic_connector import Callback
 from triage_core.schema import validate_ticket
+
+from conftest import LiveDaemon
+from test_generic_connector import Callback
 
 SECRET = "intake-secret"
 TOKEN = "intake-token"

@@ -20,11 +20,12 @@ import requests
 from connectors.base import ConnectorConfigError, FieldChange, WebhookRejected
 from connectors.http import VendorError
 from connectors.jira import adf_to_text, from_config
-from fake_jira import NOTIFY_FORBIDDEN, FakeJira, Select
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
+
+from fake_jira import NOTIFY_FORBIDDEN, FakeJira, Select
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "jira"
@@ -395,7 +396,7 @@ RATE_LIMITED = {"errorMessages": ["Rate limit exceeded."]}
 def put_gaps(fake: FakeJira) -> list[float]:
     """Seconds between successive PUTs as the fake received them (the 429 and the retry after it)."""
     times = [r.at for r in fake.calls("PUT")]
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
 def test_429_with_retry_after_is_retried(conn, fake):
@@ -437,7 +438,7 @@ def test_429_backoff_doubles_with_jitter(conn, fake, monkeypatch):
     assert conn.write_back(t, plan_for(t), RESULT).outcome == "applied"
     gaps = put_gaps(fake)
     assert len(gaps) == 3 and ranges == [(0.7, 1.3)] * 3
-    for gap, expected in zip(gaps, (0.26, 0.52, 1.04)):  # 0.2 s, 0.4 s, 0.8 s, each at 1.3x
+    for gap, expected in zip(gaps, (0.26, 0.52, 1.04), strict=True):  # 0.2 s, 0.4 s, 0.8 s, each at 1.3x
         assert expected - 0.01 <= gap <= expected + 0.25, gaps
 
 

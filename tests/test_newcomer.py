@@ -341,8 +341,8 @@ def started(store, run_id: int) -> datetime:
 
 
 def test_a_run_that_does_not_promote_leaves_its_window_for_the_next(tmp_path, taxonomy):
-    from triage_core.store import RetrainRun, Store, utcnow
     from trainer.retrain import Retrainer
+    from triage_core.store import RetrainRun, Store, utcnow
 
     config = load_config(env={}, overrides={
         "database": {"url": f"sqlite:///{tmp_path / 'triage.db'}"},
@@ -378,10 +378,10 @@ def test_a_run_that_does_not_promote_leaves_its_window_for_the_next(tmp_path, ta
 
 @pytest.mark.slow
 def test_a_trained_challenger_that_is_kept_leaves_its_window_for_the_next_run(tmp_path, taxonomy):
-    from triage_core.registry import ModelRegistry
-    from triage_core.store import Store
     from trainer.retrain import Retrainer
     from trainer.synthetic import generate
+    from triage_core.registry import ModelRegistry
+    from triage_core.store import Store
 
     def config(**retrain):
         return load_config(env={}, overrides={

@@ -86,12 +86,12 @@ def test_two_daemons_started_at_once_on_an_empty_database_migrate_it_once_and_bo
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"daemon-{i}.log" for i in range(2)]
     procs = [subprocess.Popen([EXE, "-v", "serve", "--port", str(port)], env=env, stdout=log.open("wb"),
-                              stderr=subprocess.STDOUT, cwd=tmp_path) for port, log in zip(ports, logs)]
+                              stderr=subprocess.STDOUT, cwd=tmp_path) for port, log in zip(ports, logs, strict=True)]
     try:
         deadline = time.time() + 240
         ready = [False, False]
         while not all(ready) and time.time() < deadline:
-            for i, (proc, port) in enumerate(zip(procs, ports)):
+            for i, (proc, port) in enumerate(zip(procs, ports, strict=True)):
                 assert proc.poll() is None, logs[i].read_text()[-3000:]
                 try:
                     ready[i] = ready[i] or requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).ok

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
+from trainer.calibrate import HeldOut, expected_calibration_error, fit_view, threshold_for_precision
+from trainer.recipe import calibration_split, train_adapter
+from trainer.train import IGNORE, TrainSettings, build_examples, data_hash, train
 from triage_core import Triager, load_config, parse_taxonomy
 from triage_core.combine import Combination, FieldParams, pool
 from triage_core.lexical import ExpertError, LexicalExpert
 from triage_core.model import ModelError, builtin_base_dir, load_model
 from triage_core.prompt import PromptCodec
-from trainer.calibrate import HeldOut, expected_calibration_error, fit_view, threshold_for_precision
-from trainer.recipe import calibration_split, train_adapter
-from trainer.train import IGNORE, TrainSettings, build_examples, data_hash, train
 
 #: A small routing taxonomy with opaque, prefix-sharing group names (GRP_1 is a prefix of GRP_12).
 TAXONOMY = parse_taxonomy({"name": "routing", "fields": {
@@ -77,7 +77,7 @@ def test_restricted_loss_branches_among_the_allowed_values_only(cfg):
     # GRP_1 vs GRP_12 share their leading tokens: they part where GRP_1 closes and GRP_12 goes on.
     codec = PromptCodec(tok, TAXONOMY)
     close = codec.encode(codec.punctuation(1))[0]
-    by_group = {r["labels"]["assignment_group"]: e for e, r in zip(examples, records(2))}
+    by_group = {r["labels"]["assignment_group"]: e for e, r in zip(examples, records(2), strict=True)}
     assert any(c.tokens[c.gold] == close for c in by_group["GRP_1"].choices)
     assert any(close in c.tokens and c.tokens[c.gold] != close for c in by_group["GRP_12"].choices)
     assert not any(close in c.tokens for c in by_group["GRP_7"].choices[:-1])  # GRP_7 parts at its digit
@@ -94,8 +94,8 @@ def test_restricted_loss_moves_mass_toward_the_gold_value(cfg, tmp_path):
     before = base.triage_many(texts)
     after = tuned.triage_many(texts)
     gold = [r["labels"]["assignment_group"] for r in data]
-    p_before = [b.distributions["assignment_group"][g] for b, g in zip(before, gold)]
-    p_after = [a.distributions["assignment_group"][g] for a, g in zip(after, gold)]
+    p_before = [b.distributions["assignment_group"][g] for b, g in zip(before, gold, strict=True)]
+    p_after = [a.distributions["assignment_group"][g] for a, g in zip(after, gold, strict=True)]
     mean_before, mean_after = sum(p_before) / len(p_before), sum(p_after) / len(p_after)
     assert mean_after > mean_before + 0.08, (p_before, p_after)
     assert mean_after > 0.4  # above the 1/3 of three equally likely groups: the mass went to the gold one
@@ -110,7 +110,7 @@ def test_lexical_expert_round_trips_and_refuses_another_taxonomy(tmp_path):
     loaded = LexicalExpert.load(tmp_path, TAXONOMY.label_hash)
     probe = ["the vpn tunnel is down", "refund the duplicate payment on this invoice", "printer toner empty"]
     a, b = expert.predict(probe), loaded.predict(probe)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for name in x:
             assert x[name] == pytest.approx(y[name], abs=1e-6)
     assert [max(d["assignment_group"], key=d["assignment_group"].get) for d in b] == ["GRP_1", "GRP_12", "GRP_7"]

@@ -12,17 +12,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
+from trainer.records import read_records
+from trainer.retrain import Retrainer, clean, corrected_records, decide, holdout_split
+from trainer.synthetic import generate
 from triage_core.config import load_config
 from triage_core.queue import InboundTicket, JobQueue
 from triage_core.registry import DbLock, LockHeld, ModelRegistry
 from triage_core.store import Store
-from trainer.records import read_records
-from trainer.retrain import Retrainer, clean, corrected_records, decide, holdout_split
-from trainer.synthetic import generate
 
 from fake_jira import FakeJira
-from test_jira import ENV as JIRA_ENV
-from test_jira import FIELD_MAP, settings as jira_settings
+from test_jira import ENV as JIRA_ENV, FIELD_MAP, settings as jira_settings
 
 
 class ClosedSource:
@@ -186,7 +185,7 @@ def post(daemon, ref, text, callback_url=None):
 
 def wait_serving(daemon, model_id, timeout=120):
     deadline = time.time() + timeout
-    while daemon.app.extensions["triage_watcher"].serving != model_id:
+    while daemon.app.extensions["triage"].watcher.serving != model_id:
         assert time.time() < deadline, f"the daemon did not reload model {model_id}"
         time.sleep(0.05)
 
@@ -290,7 +289,7 @@ def test_a_challenger_that_must_beat_the_champion_by_a_mile_is_kept(tmp_path, ta
 def test_nightly_job_is_scheduled_only_when_enabled(tmp_path):
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from connectors.app import schedule_retraining
+    from connectors.daemon import schedule_retraining
 
     store = Store(f"sqlite:///{tmp_path / 'n.db'}")
     scheduler = BackgroundScheduler()

@@ -9,15 +9,13 @@ import subprocess
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
+from trainer.records import read_records
+from trainer.retrain import Retrainer, top_up
+from trainer.synthetic import generate
 from triage_core.config import load_config
 from triage_core.queue import InboundTicket, JobQueue
 from triage_core.registry import ModelRegistry
 from triage_core.store import Store
-from trainer.records import read_records
-from trainer.retrain import Retrainer, top_up
-from trainer.synthetic import generate
 
 from test_cli import EXE
 

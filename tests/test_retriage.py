@@ -21,15 +21,16 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from conftest import LiveDaemon
 from connectors.base import RETRIAGE, ConnectorConfigError, RetriageSettings, retriage_settings
 from connectors.jira import from_config as jira_from_config
-from fake_jira import FakeJira, Select
-from fake_servicedesk import FakeServiceDesk
-from fake_zoho import CLIENT_ID, CLIENT_SECRET, DEPARTMENT_ID, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho
 from triage_core.policy import HUMAN_SET, Policy, TicketFilter
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
+
+from conftest import LiveDaemon
+from fake_jira import FakeJira, Select
+from fake_servicedesk import FakeServiceDesk
+from fake_zoho import CLIENT_ID, CLIENT_SECRET, DEPARTMENT_ID, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho
 
 ROOT = Path(__file__).resolve().parent.parent
 TAXONOMY = load_taxonomy(ROOT / "config" / "taxonomy.yaml")
@@ -377,7 +378,7 @@ def test_zoho(daemon, vendors):
 # --- ServiceDesk Plus -----------------------------------------------------------------------------------------
 
 def sdp_poll(daemon) -> object:
-    runner = daemon.app.extensions["triage_pollers"]["servicedesk"]
+    runner = daemon.app.extensions["triage"].pollers["servicedesk"]
     while runner._lock.locked():  # the start-up poll may still run
         time.sleep(0.05)
     runner.run()

@@ -10,18 +10,27 @@ from pathlib import Path
 import pytest
 import requests
 
-from connectors.base import (ClosedTicketSource, Connector, ConnectorConfigError, PollNow, Poller, TaxonomyChecked,
-                             WebhookRejected, load_connectors)
+from connectors.base import (
+    ClosedTicketSource,
+    Connector,
+    ConnectorConfigError,
+    Poller,
+    PollNow,
+    TaxonomyChecked,
+    WebhookRejected,
+    load_connectors,
+)
+from connectors.html import html_to_text
 from connectors.http import VendorError
 from connectors.polling import PollRunner
-from connectors.html import html_to_text
 from connectors.servicedesk import Cursor, from_config
-from fake_servicedesk import FakeServiceDesk
 from triage_core.policy import Policy
 from triage_core.queue import InboundTicket, JobQueue
 from triage_core.store import Store
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
+
+from fake_servicedesk import FakeServiceDesk
 
 ROOT = Path(__file__).resolve().parent.parent
 ONPREM_ENV = {"TRIAGE_SERVICEDESK_API_KEY": "tech-key", "TRIAGE_SERVICEDESK_WEBHOOK_SECRET": "hook-secret"}
@@ -353,7 +362,8 @@ def test_config_errors(make):
 
 
 def test_strip_html():
-    assert html_to_text("<p>Hi&amp;bye</p><style>p{}</style><ul><li>one</li><li>two</li></ul>") == "Hi&bye\n\none\n\ntwo"
+    assert (html_to_text("<p>Hi&amp;bye</p><style>p{}</style><ul><li>one</li><li>two</li></ul>")
+            == "Hi&bye\n\none\n\ntwo")
 
 
 # --- closed tickets -------------------------------------------------------------------------------------------
@@ -399,7 +409,7 @@ def test_daemon_polls_triages_and_writes_back_once(make, live_daemon):
                                          "settings": {"servicedesk": {**settings, "poll_interval": 3600}}}},
                          env=ONPREM_ENV)
     daemon.wait_idle(done=1)
-    runner = daemon.app.extensions["triage_pollers"]["servicedesk"]
+    runner = daemon.app.extensions["triage"].pollers["servicedesk"]
     assert (runner.stats.polls, runner.stats.queued) == (1, 1)
 
     [put] = fake.form_inputs("PUT", rf"/requests/{first}$")

@@ -14,7 +14,7 @@ from trainer import phrases as P
 from trainer.generate_cli import generate_command
 from trainer.records import read_records
 from trainer.splits import group_ids, normalize_text, split_records
-from trainer.synthetic import (INSTRUCTIONS, ROUTING, generate, parse_lang_mix, placeholders, priority_for)
+from trainer.synthetic import INSTRUCTIONS, ROUTING, generate, parse_lang_mix, placeholders, priority_for
 from triage_core.taxonomy import load_taxonomy, parse_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,10 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from triage_core import Triager, load_config, parse_taxonomy, validate_ticket
-from triage_core.model import ModelError, check_adapter
 from trainer.evaluate import evaluate, write_report
 from trainer.train import TrainSettings, build_examples, length_grouped_batches, train
+from triage_core import Triager, load_config, parse_taxonomy, validate_ticket
+from triage_core.model import ModelError, check_adapter
 
 RECORDS = [
     {"text": "VPN drops every 5 minutes for the sales team",
@@ -49,7 +49,7 @@ def test_examples_mask_the_prompt_and_skip_bad_records(triager, cfg):
     examples, skipped = build_examples(RECORDS, triager.loaded.tokenizer, triager.taxonomy,
                                        settings(cfg, restricted_loss=False), INSTRUCTIONS)
     assert skipped == 2 and len(examples) == 4
-    for e, r in zip(examples, RECORDS):
+    for e, r in zip(examples, RECORDS, strict=False):
         answer = [t for t in e.labels if t != -100]
         assert answer == triager.codec.encode_answer(r["labels"])
         assert e.input_ids[-len(answer):] == answer
@@ -90,7 +90,7 @@ def test_tiny_lora_run_changes_the_adapter_and_writes_metadata(tmp_path, cfg, tr
     # the run started from (no adapter).
     def gold_mass(t):
         out = t.triage_many([r["text"] for r in RECORDS[:4]])
-        return sum(res.distributions[name][r["labels"][name]] for res, r in zip(out, RECORDS[:4])
+        return sum(res.distributions[name][r["labels"][name]] for res, r in zip(out, RECORDS[:4], strict=True)
                    for name in ("category", "priority", "assignment_group", "request_type"))
     base = Triager.from_config(load_config(env={}, overrides={"model": {"adapter": None}}))
     assert base.model_info["adapter"] is None
@@ -148,18 +148,18 @@ def test_eval_on_a_small_file_writes_metrics_and_pngs(tmp_path, triager):
         m = metrics["model"]["fields"][name]
         gold = [r["labels"][name] for r in records]
         got = [p[name] for p in preds.labels]
-        right = [g == o for g, o in zip(gold, got)]
+        right = [g == o for g, o in zip(gold, got, strict=True)]
         assert m["accuracy"] == pytest.approx(sum(right) / len(right), abs=1e-4)
         f1s = []  # macro-F1 by hand, over the classes in the gold labels
         for c in sorted(set(gold)):
-            tp = sum(g == c and o == c for g, o in zip(gold, got))
-            fp = sum(g != c and o == c for g, o in zip(gold, got))
-            fn = sum(g == c and o != c for g, o in zip(gold, got))
+            tp = sum(g == c and o == c for g, o in zip(gold, got, strict=True))
+            fp = sum(g != c and o == c for g, o in zip(gold, got, strict=True))
+            fn = sum(g == c and o != c for g, o in zip(gold, got, strict=True))
             f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
         assert m["macro_f1"] == pytest.approx(sum(f1s) / len(f1s), abs=1e-4)
         conf = [d.confidence[name] for d in direct]
         for point in m["coverage_curve"]:
-            kept = [ok for ok, p in zip(right, conf) if p >= point["threshold"]]
+            kept = [ok for ok, p in zip(right, conf, strict=True) if p >= point["threshold"]]
             assert point["coverage"] == pytest.approx(len(kept) / len(right), abs=1e-4)
             assert point["accuracy"] == (pytest.approx(sum(kept) / len(kept), abs=1e-4) if kept else None)
         assert m["coverage_curve"][0]["coverage"] == 1.0

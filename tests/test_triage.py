@@ -29,7 +29,7 @@ TICKETS["injected"] = TICKETS["plain"] + INJECTION
 
 @pytest.fixture(scope="module")
 def results(triager):
-    return dict(zip(TICKETS, triager.triage_many(list(TICKETS.values()))))
+    return dict(zip(TICKETS, triager.triage_many(list(TICKETS.values())), strict=True))
 
 
 def test_every_output_validates(results, taxonomy):

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
+from connectors import oauth
 from connectors.base import ConnectorConfigError, PollResult
 from connectors.fieldmap import FieldMap
-from connectors import oauth
 from connectors.http import StaticAuth, VendorClient, VendorError
 from connectors.oauth import ZohoRefreshAuth
 from connectors.polling import PollRunner

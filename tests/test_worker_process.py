@@ -54,7 +54,7 @@ def stop(proc: subprocess.Popen) -> tuple[int, float]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError("did not exit after SIGTERM")
+        raise AssertionError("did not exit after SIGTERM") from None
     return code, time.monotonic() - t0
 
 

@@ -9,8 +9,7 @@ import pytest
 import requests
 
 from connectors import oauth
-from connectors.base import (Connector, ConnectorConfigError, FieldChange, TicketReader, WebhookRejected,
-                             load_connectors)
+from connectors.base import Connector, ConnectorConfigError, FieldChange, TicketReader, WebhookRejected, load_connectors
 from connectors.http import VendorError
 from connectors.zoho import from_config, html_to_text
 from triage_core.policy import WritebackPlan
@@ -18,8 +17,17 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import load_taxonomy
 from triage_core.triager import TriageResult
 
-from fake_zoho import (CLIENT_ID, CLIENT_SECRET, DEPARTMENT_ID, ORG_ID, REFRESH_TOKEN, WEBHOOK_ID, FakeZoho, rsa_key,
-                       zoho_time)
+from fake_zoho import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    DEPARTMENT_ID,
+    ORG_ID,
+    REFRESH_TOKEN,
+    WEBHOOK_ID,
+    FakeZoho,
+    rsa_key,
+    zoho_time,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"TRIAGE_ZOHO_CLIENT_ID": CLIENT_ID, "TRIAGE_ZOHO_CLIENT_SECRET": CLIENT_SECRET,
