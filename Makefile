@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test bench adapter install clean
+.PHONY: run test lint bench adapter install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(VENV)/.installed
 			"apt-get install postgresql, or set TRIAGE_TEST_POSTGRES_URL"; \
 	fi
 	$(VENV)/bin/pytest -q
+
+# ruff with the configuration in pyproject.toml ([tool.ruff]): pyflakes, bugbear, import order, 120 columns.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.installed
 	$(PIP) install -e '.[bench]'
