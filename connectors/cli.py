@@ -11,7 +11,6 @@ import click
 
 from triage_core.cli import database_where, driver_missing, fail, get_config, open_store
 
-
 #: Exit codes of a gunicorn server process that could not load the app or boot.
 _GUNICORN_BOOT_FAILURES = (3, 4)
 
@@ -38,7 +37,7 @@ def _load_app(config, workers: int | None, store=None):
 
 def _started(app, what: str, config) -> str:
     model = app.extensions["triage"].triager.model_info
-    threads = len(app.extensions["triage_workers"][0])
+    threads = len(app.extensions["triage"].threads)
     return (f"{what} (database {database_where(config['database']['url'])}, model {model['base']}"
             f" + {model.get('adapter') or 'no adapter'}, {threads} worker thread(s))")
 
@@ -85,7 +84,6 @@ def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None
     """Flask's development server (--dev): one process, the same app and the same clean stop."""
     import time
 
-    from .app import stop_workers
     from .server import stop_budget
 
     term: list[float] = []
@@ -100,7 +98,7 @@ def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None
     app = _load_app(config, workers, store)
     serving.append(True)
     if term:
-        stop_workers(app, timeout=stop_budget(config, term[0]))
+        app.extensions["triage"].stop(stop_budget(config, term[0]))
         _exit_now()
     click.echo(_started(app, f"ticket-triage listening on http://{host}:{port} (development server)", config),
                err=True)
@@ -109,7 +107,7 @@ def _serve_dev(config, store, host: str, port: int, workers: int | None) -> None
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
-        stop_workers(app, timeout=stop_budget(config, term[0] if term else time.monotonic()))
+        app.extensions["triage"].stop(stop_budget(config, term[0] if term else time.monotonic()))
         store.dispose()
     _exit_now()
 
@@ -127,7 +125,6 @@ def worker_command(ctx: click.Context, threads: int | None) -> None:
     import threading
     import time
 
-    from .app import stop_workers
     from .server import stop_budget
 
     config = get_config(ctx)
@@ -149,7 +146,7 @@ def worker_command(ctx: click.Context, threads: int | None) -> None:
     click.echo(_started(app, "ticket-triage worker running", config), err=True)
     while not stop.wait(0.5):
         pass
-    released = stop_workers(app, timeout=stop_budget(config, term[0]))
+    released = app.extensions["triage"].stop(stop_budget(config, term[0]))
     store.dispose()
     click.echo(f"ticket-triage worker stopped ({released} job(s) handed back)", err=True)
     _exit_now()
@@ -251,9 +248,9 @@ def retrain_command(ctx: click.Context, now: bool, dry_run: bool, timeout: float
     The daemon runs this nightly when retrain.enabled is true; this command runs one by hand."""
     from tqdm import tqdm
 
+    from trainer.retrain import Retrainer
     from triage_core.config import ConfigError
     from triage_core.registry import LockHeld
-    from trainer.retrain import Retrainer
 
     from .base import ConnectorConfigError, load_connectors
 

@@ -4,7 +4,7 @@ One gunicorn server process (so the model is loaded once) with server.threads HT
 built in that process after the fork, never in the master, so no thread, model or database connection crosses a
 fork. On SIGTERM the master stops accepting and forwards it; the server process stops claiming jobs at once,
 finishes the requests in flight, then gives its worker threads what is left of server.shutdown_seconds to finish
-the batch in hand and hands the rest back to the queue (`stop_workers`), and the master exits 0 within
+the batch in hand and hands the rest back to the queue (`TriageDaemon.stop`), and the master exits 0 within
 server.shutdown_seconds (its graceful timeout). `ticket-triage serve` runs `DaemonServer`; deploy/gunicorn.conf.py
 gives gunicorn's own command line the same settings and hooks.
 """
@@ -73,7 +73,7 @@ def post_worker_init(worker: Any) -> None:
     def on_term(signum: int, frame: Any) -> None:
         if not _term_at:
             _term_at.append(time.monotonic())
-            app.extensions["triage_workers"][1].set()
+            app.extensions["triage"].stopping.set()
         if callable(theirs):
             theirs(signum, frame)
 
@@ -83,14 +83,12 @@ def post_worker_init(worker: Any) -> None:
 def worker_exit(arbiter: Any, worker: Any) -> None:
     """gunicorn hook, in the server process after its last request: the worker threads finish the batch in hand
     or hand its jobs back."""
-    from .app import stop_workers
-
     app = getattr(worker, "wsgi", None)
     if app is None or "triage" not in getattr(app, "extensions", {}):
         return
-    config = app.extensions["triage_config"]
-    stop_workers(app, timeout=stop_budget(config, _term_at[0] if _term_at else time.monotonic()))
-    app.extensions["triage"].store.dispose()
+    daemon = app.extensions["triage"]
+    daemon.stop(stop_budget(daemon.config, _term_at[0] if _term_at else time.monotonic()))
+    daemon.store.dispose()
     # Exit 0 now: the interpreter's teardown (torch, a thread still in a cut batch) can outlast the master's
     # graceful timeout, which would end in a SIGKILL.
     logging.shutdown()

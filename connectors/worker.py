@@ -21,16 +21,25 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping
 
 from triage_core.policy import Policy, WritebackPlan
 from triage_core.queue import ClaimedJob, InboundTicket, JobQueue, LeaseLost
 from triage_core.store import Store
 from triage_core.text import TextProblem, ticket_text
-from triage_core.triager import TriageError, TriageResult, Triager
+from triage_core.triager import TriageError, Triager, TriageResult
 
-from .base import (RETRIAGE_REASONS, Connector, RetriageReader, RetriageSettings, TicketReader, WritebackError,
-                   retriage_info, with_replies)
+from .base import (
+    RETRIAGE_REASONS,
+    Connector,
+    RetriageReader,
+    RetriageSettings,
+    TicketReader,
+    WritebackError,
+    retriage_info,
+    with_replies,
+)
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -146,10 +155,10 @@ class Worker(threading.Thread):
         fresh = list(checked.values())
         jobs = [checked.get(j.id, j) for j in jobs if j.id in results or j.id in checked]
         for job, result in self._triage(triager, fresh):
-            self._guarded(job, lambda: results.__setitem__(job.id, (self._record(job, result), result)))
+            self._guarded(job, partial(self._keep, results, job, result))
         for job in jobs:
             if job.id in results:
-                self._guarded(job, lambda: self._write_back(job, *results[job.id]))
+                self._guarded(job, partial(self._write_back, job, *results[job.id]))
 
     def _triage(self, triager: Triager, jobs: list[ClaimedJob]) -> list[tuple[ClaimedJob, TriageResult]]:
         """(job, result) for each job triaged; a failed batch is retried ticket by ticket, so only the ticket
@@ -163,7 +172,7 @@ class Worker(threading.Thread):
                 per_ticket = (time.perf_counter() - t0) / len(jobs)
                 for _ in jobs:
                     self.ctx.metrics.triage_latency.observe(per_ticket)
-                return list(zip(jobs, triaged))
+                return list(zip(jobs, triaged, strict=True))
             except Exception as exc:
                 log.warning("%s: a batch of %d failed (%s); triaging its tickets one by one", self.name,
                             len(jobs), type(exc).__name__)
@@ -205,6 +214,9 @@ class Worker(threading.Thread):
         # The console shows the alternatives as this batch scored them, so it never scores the ticket again.
         self.ctx.store.record_alternatives(result_id, result.distributions, result.model)
         return result_id
+
+    def _keep(self, results: dict, job: ClaimedJob, result: TriageResult) -> None:
+        results[job.id] = (self._record(job, result), result)
 
     def _guarded(self, job: ClaimedJob, step: Callable[[], object]) -> None:
         """Run one job's step; whatever it raises concerns that job only."""

@@ -87,10 +87,8 @@ class LiveDaemon:
         raise AssertionError(f"jobs not finished in {timeout} s: {depth}")
 
     def close(self) -> None:
-        from connectors.app import stop_workers
-
         self.server.shutdown()
-        stop_workers(self.app)
+        self.ctx.stop()
         self.store.dispose()
 
 

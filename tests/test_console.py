@@ -101,7 +101,7 @@ def receiver():
 
 
 def make_app(tmp_path, taxonomy, *, console=None, policy=None, env=None, url=None):
-    from connectors.app import create_app, stop_workers
+    from connectors.app import create_app
     from connectors.generic import from_config as generic
 
     overrides = {"database": {"url": url or f"sqlite:///{tmp_path / 'triage.db'}"},
@@ -113,7 +113,7 @@ def make_app(tmp_path, taxonomy, *, console=None, policy=None, env=None, url=Non
     conns = {"generic": generic({}, env)}
     app = create_app(config, triager=StubTriager(taxonomy), store=store, connectors=conns, env=env, workers=0)
     app.config["TESTING"] = True
-    return app, lambda: (stop_workers(app), store.dispose())
+    return app, lambda: (app.extensions["triage"].stop(), store.dispose())
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_readyz_answers_503_when_the_workers_are_dead(live_daemon):
     daemon = live_daemon(GENERIC, {"TRIAGE_GENERIC_SECRET": SECRET}, workers=2)
     ready = requests.get(daemon.url + "/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["workers"] is True
-    threads, stop = daemon.app.extensions["triage_workers"]
+    threads, stop = daemon.ctx.threads, daemon.ctx.stopping
     assert len(threads) == 2
     stop.set()
     threads[0].join(30)  # one of two workers gone is already not ready

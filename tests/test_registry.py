@@ -104,7 +104,7 @@ def test_models_and_retrain_commands(tmp_path):
 def test_watcher_serves_the_champion_from_the_start_and_skips_one_that_does_not_load(url, config):
     """A daemon starting after a promotion serves the champion's adapter from the start; a broken one is
     skipped once, and the configured adapter serves instead."""
-    from connectors.app import create_app, stop_workers
+    from connectors.app import create_app
     from connectors.reload import ModelWatcher
     from triage_core import Triager
 
@@ -127,7 +127,7 @@ def test_watcher_serves_the_champion_from_the_start_and_skips_one_that_does_not_
     assert triager is not None and watcher.serving == good.id and triager.model_info["adapter"] == "default-it@2"
     app = create_app(config, store=Store(url), env={"TRIAGE_GENERIC_SECRET": "s"}, workers=1)  # no triager given
     try:
-        assert app.extensions["triage_watcher"].serving == good.id
+        assert app.extensions["triage"].watcher.serving == good.id
         assert app.extensions["triage"].triager.model_info["adapter"] == "default-it@2"
     finally:
-        stop_workers(app)
+        app.extensions["triage"].stop()

@@ -159,7 +159,7 @@ def _fit_views(combination: Combination, taxonomy: Taxonomy, model_cfg: Mapping[
             params = fit_view(data, prior, view)
             combination.views.setdefault(view, {})[f.name] = params
         got, conf = predict(data, prior, combination.params("combined" if expert else "lm", f.name))
-        correct = [g == o for g, o in zip(data.gold, got)]
+        correct = [g == o for g, o in zip(data.gold, got, strict=True)]
         combination.thresholds[f.name] = {
             f"p{int(p * 100)}": threshold_for_precision(correct, conf, p)[0] for p in (0.9, 0.95)}
     del triager, loaded
