@@ -146,6 +146,10 @@ class RetriageSettings:
                                        f"{', '.join(f.name for f in taxonomy.enum_fields)})")
 
 
+#: The settings of a connector that does not re-triage (shared: RetriageSettings is frozen).
+RETRIAGE_OFF = RetriageSettings()
+
+
 def retriage_settings(settings: Mapping[str, Any], key: str) -> RetriageSettings:
     """`retriage` and `retriage_fields` from a connector's merged settings, or `ConnectorConfigError` naming the key.
 

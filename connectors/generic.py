@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import threading
 import time
 from typing import Any, Iterable, Mapping
@@ -44,6 +43,7 @@ from triage_core.triager import TriageResult
 
 from .base import ConnectorConfigError, WebhookRejected, WritebackError, WritebackOutcome, header, json_body
 from .http import StaticAuth, VendorClient
+from .settings import Settings
 
 NAME = "generic"
 SIGNATURE_HEADER = "X-Triage-Signature"
@@ -247,35 +247,16 @@ def _current_fields(raw: Any) -> dict[str, str]:
 
 def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> GenericConnector:
     """The entry-point factory: settings from connectors.settings.generic, the secret from the environment."""
-    key = f"connectors.settings.{NAME}"
-    for name in settings:
-        if name not in DEFAULTS:
-            raise ConnectorConfigError(f"{key}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
-    merged = {**DEFAULTS, **settings}
-    secret_env = merged["secret_env"]
-    if not isinstance(secret_env, str) or not secret_env:
-        raise ConnectorConfigError(f"{key}.secret_env: expected the name of an environment variable")
-    secret = env.get(secret_env, "")
-    if not secret:
-        raise ConnectorConfigError(f"{key}.secret_env: environment variable {secret_env} is not set; the generic "
-                                   "connector needs it to verify webhook signatures and sign callbacks")
-    hosts = merged["callback_hosts"]
-    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)) or not all(
-            isinstance(h, str) and h.strip() for h in hosts):
-        raise ConnectorConfigError(f"{key}.callback_hosts: expected a list of host names")
-    timeout = merged["timeout"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise ConnectorConfigError(f"{key}.timeout: expected a positive number of seconds, got {timeout!r}")
-    tolerance = merged["tolerance_seconds"]
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < math.inf:
-        raise ConnectorConfigError(f"{key}.tolerance_seconds: expected a positive number of seconds, "
-                                   f"got {tolerance!r}")
-    attempts = merged["attempts"]
+    s = Settings(settings, DEFAULTS, f"connectors.settings.{NAME}", env)
+    secret = s.secret("secret_env", "the generic connector needs it to verify webhook signatures and sign callbacks")
+    hosts = s.names("callback_hosts", empty_ok=True, noun="host names")
+    timeout = s.number("timeout", unit="seconds")
+    tolerance = s.number("tolerance_seconds", unit="seconds")
+    attempts = s["attempts"]
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 10:
-        raise ConnectorConfigError(f"{key}.attempts: expected a whole number from 1 to 10, got {attempts!r}")
-    callback_url = merged["callback_url"]
+        raise s.error("attempts", f"expected a whole number from 1 to 10, got {attempts!r}")
+    callback_url = s["callback_url"]
     if callback_url is not None and not isinstance(callback_url, str):
-        raise ConnectorConfigError(f"{key}.callback_url: expected a URL")
-    return GenericConnector(secret.encode("utf-8"), callback_hosts=[h.strip() for h in hosts],
-                            callback_url=callback_url or None, timeout=float(timeout), tolerance=float(tolerance),
-                            attempts=attempts)
+        raise s.error("callback_url", "expected a URL")
+    return GenericConnector(secret.encode("utf-8"), callback_hosts=hosts, callback_url=callback_url or None,
+                            timeout=timeout, tolerance=tolerance, attempts=attempts)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -45,12 +44,23 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, PollNow, PollResult, RetriageSettings, WebhookRejected, WritebackOutcome,
-                   header, retriage_info, retriage_settings, retriage_ticket)
+from .base import (
+    RETRIAGE_OFF,
+    PollNow,
+    PollResult,
+    RetriageSettings,
+    WebhookRejected,
+    WritebackOutcome,
+    header,
+    retriage_info,
+    retriage_settings,
+    retriage_ticket,
+)
 from .fieldmap import FieldMap
 from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +135,7 @@ class ServiceDeskConnector:
                  webhook_secret: bytes, webhook_header: str, poll_interval: float, lookback_minutes: float,
                  page_size: int, max_pages: int, open_statuses: list[str], closed_statuses: list[str],
                  current_fields: list[str], review_udf: str | None,
-                 retriage: RetriageSettings = RetriageSettings()):
+                 retriage: RetriageSettings = RETRIAGE_OFF):
         self.client = client
         self.cloud = cloud
         self.field_map = field_map
@@ -461,91 +471,61 @@ def _dumps(data: Any) -> str:
 
 def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ServiceDeskConnector:
     """The entry-point factory: settings from connectors.settings.servicedesk, secrets from the environment."""
-    key = f"connectors.settings.{NAME}"
-    for name in settings:
-        if name not in DEFAULTS:
-            raise ConnectorConfigError(f"{key}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
-    s = {**DEFAULTS, **settings}
-
-    def secret(name: str) -> str:
-        var = s[name]
-        if not isinstance(var, str) or not var:
-            raise ConnectorConfigError(f"{key}.{name}: expected the name of an environment variable")
-        value = env.get(var, "")
-        if not value:
-            raise ConnectorConfigError(f"{key}.{name}: environment variable {var} is not set")
-        return value
-
-    def number(name: str, integer: bool = False) -> float:
-        value = s[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf or (
-                integer and value != int(value)):
-            raise ConnectorConfigError(f"{key}.{name}: expected a positive {'integer' if integer else 'number'}, "
-                                       f"got {value!r}")
-        return int(value) if integer else float(value)
-
-    def names(name: str, empty_ok: bool = False) -> list[str]:
-        value = s[name]
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not (value or empty_ok) or not all(
-                isinstance(v, str) and v.strip() for v in value):
-            raise ConnectorConfigError(f"{key}.{name}: expected a {'' if empty_ok else 'non-empty '}list of names")
-        return [v.strip() for v in value]
-
+    s = Settings(settings, DEFAULTS, f"connectors.settings.{NAME}", env)
+    key = s.key
     edition = s["edition"]
     if edition not in ("onprem", "cloud"):
-        raise ConnectorConfigError(f"{key}.edition: expected onprem or cloud, got {edition!r}")
+        raise s.error("edition", f"expected onprem or cloud, got {edition!r}")
     base_url = s["base_url"]
     if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
-        raise ConnectorConfigError(f"{key}.base_url: expected the http(s) URL of the ServiceDesk Plus server")
+        raise s.error("base_url", "expected the http(s) URL of the ServiceDesk Plus server")
     headers = {"Accept": ACCEPT}
     if edition == "cloud":
         portal = s["portal"]
         if not isinstance(portal, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", portal):
-            raise ConnectorConfigError(f"{key}.portal: Cloud needs the portal's URL name (/app/<portal>/api/v3)")
+            raise s.error("portal", "Cloud needs the portal's URL name (/app/<portal>/api/v3)")
         root = f"{base_url.rstrip('/')}/app/{portal}/api/v3"
         try:
-            auth: Any = ZohoRefreshAuth(str(s["accounts_url"]), secret("client_id_env"),
-                                        secret("client_secret_env"), secret("refresh_token_env"),
-                                        timeout=number("timeout"))
+            auth: Any = ZohoRefreshAuth(str(s["accounts_url"]), s.secret("client_id_env"),
+                                        s.secret("client_secret_env"), s.secret("refresh_token_env"),
+                                        timeout=s.number("timeout"))
         except ValueError as exc:
-            raise ConnectorConfigError(f"{key}.accounts_url: {exc}") from None
+            raise s.error("accounts_url", str(exc)) from None
     else:
         if s["portal"] is not None:
-            raise ConnectorConfigError(f"{key}.portal: only for Cloud; on-premises portals are chosen by portal_id")
+            raise s.error("portal", "only for Cloud; on-premises portals are chosen by portal_id")
         root = f"{base_url.rstrip('/')}/api/v3"
-        auth = StaticAuth({"authtoken": secret("api_key_env")})
+        auth = StaticAuth({"authtoken": s.secret("api_key_env")})
     if s["portal_id"] is not None:
         if isinstance(s["portal_id"], bool) or not str(s["portal_id"]).strip().isalnum():
-            raise ConnectorConfigError(f"{key}.portal_id: expected the portal's id")
+            raise s.error("portal_id", "expected the portal's id")
         headers["PORTALID"] = str(s["portal_id"]).strip()
 
     attributes = s["attributes"]
     if not isinstance(attributes, Mapping) or not all(isinstance(v, str) and v for v in attributes.values()):
-        raise ConnectorConfigError(f"{key}.attributes: expected a mapping of taxonomy field to SDP attribute")
+        raise s.error("attributes", "expected a mapping of taxonomy field to SDP attribute")
     attributes = {**ATTRIBUTES, **attributes}
     field_map = FieldMap.from_settings(s["field_map"], f"{key}.field_map")
     for field in field_map.names:
         if field not in attributes:
-            raise ConnectorConfigError(f"{key}.field_map.{field}: no SDP attribute for it; add it to {key}.attributes")
-    webhook_var = s["webhook_secret_env"]
-    if webhook_var is not None and not (isinstance(webhook_var, str) and webhook_var):
-        raise ConnectorConfigError(f"{key}.webhook_secret_env: expected the name of an environment variable")
+            raise s.error(f"field_map.{field}", f"no SDP attribute for it; add it to {key}.attributes")
+    webhook_var = s.env_name("webhook_secret_env") if s["webhook_secret_env"] is not None else None
     webhook_header = s["webhook_header"]
     if not isinstance(webhook_header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", webhook_header):
-        raise ConnectorConfigError(f"{key}.webhook_header: expected a header name")
+        raise s.error("webhook_header", "expected a header name")
     review_udf = s["review_udf"]
     if review_udf is not None and not (isinstance(review_udf, str) and re.fullmatch(r"udf_\w+", review_udf)):
-        raise ConnectorConfigError(f"{key}.review_udf: expected a UDF key such as udf_sline_301")
-    page_size = number("page_size", integer=True)
+        raise s.error("review_udf", "expected a UDF key such as udf_sline_301")
+    page_size = s.number("page_size", integer=True)
     if page_size > 100:
-        raise ConnectorConfigError(f"{key}.page_size: SDP returns at most 100 rows a page")
+        raise s.error("page_size", "SDP returns at most 100 rows a page")
     retriage = retriage_settings(s, key)
-    client = VendorClient("ServiceDesk Plus", root, auth, timeout=number("timeout"), headers=headers)
+    client = VendorClient("ServiceDesk Plus", root, auth, timeout=s.number("timeout"), headers=headers)
     return ServiceDeskConnector(
         client, cloud=edition == "cloud", field_map=field_map, attributes=attributes,
         webhook_secret=env.get(webhook_var, "").encode("utf-8") if webhook_var else b"",
-        webhook_header=webhook_header, poll_interval=number("poll_interval"),
-        lookback_minutes=number("initial_lookback_minutes"), page_size=page_size,
-        max_pages=number("max_pages", integer=True), open_statuses=names("open_statuses"),
-        closed_statuses=names("closed_statuses"), current_fields=names("current_fields", empty_ok=True),
+        webhook_header=webhook_header, poll_interval=s.number("poll_interval"),
+        lookback_minutes=s.number("initial_lookback_minutes"), page_size=page_size,
+        max_pages=s.number("max_pages", integer=True), open_statuses=s.names("open_statuses"),
+        closed_statuses=s.names("closed_statuses"), current_fields=s.names("current_fields", empty_ok=True),
         review_udf=review_udf, retriage=retriage)

@@ -37,17 +37,31 @@ from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import jwt
+
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, FieldChange, RetriageSettings, WebhookEvent, WebhookRejected,
-                   WritebackOutcome, header, json_body, retriage_info, retriage_settings, retriage_ticket)
+from .base import (
+    RETRIAGE_OFF,
+    ConnectorConfigError,
+    FieldChange,
+    RetriageSettings,
+    WebhookEvent,
+    WebhookRejected,
+    WritebackOutcome,
+    header,
+    json_body,
+    retriage_info,
+    retriage_settings,
+    retriage_ticket,
+)
 from .fieldmap import FieldMap
 from .html import html_to_text
 from .http import StaticAuth, VendorClient, VendorError
 from .oauth import ZohoRefreshAuth
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +153,7 @@ class ZohoConnector:
     def __init__(self, client: VendorClient, keys: _Keys, org_id: str, field_map: FieldMap, *,
                  webhook_ids: Iterable[str] = (), team_departments: Mapping[str, str] | None = None,
                  closed_status: str = "Closed", page_size: int = 100, jwt_leeway: float = 60.0,
-                 retriage: RetriageSettings = RetriageSettings()):
+                 retriage: RetriageSettings = RETRIAGE_OFF):
         self.client = client
         self.keys = keys
         self.org_id = org_id
@@ -486,68 +500,52 @@ def _url(value: Any, key: str) -> str:
     parts = urlsplit(value) if isinstance(value, str) else None
     local = parts is not None and parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts is None or not parts.netloc or "@" in parts.netloc or not (
-            parts.scheme == "https" or parts.scheme == "http" and local):
+            parts.scheme == "https" or (parts.scheme == "http" and local)):
         raise ConnectorConfigError(f"{key}: expected an https:// URL, got {value!r}")
     return value.rstrip("/")
 
 
 def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> ZohoConnector:
     """The entry-point factory: settings from connectors.settings.zoho, OAuth credentials from the environment."""
-    key = f"connectors.settings.{NAME}"
-    for name in settings:
-        if name not in DEFAULTS:
-            raise ConnectorConfigError(f"{key}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
-    s = {**DEFAULTS, **settings}
+    s = Settings(settings, DEFAULTS, f"connectors.settings.{NAME}", env)
+    key = s.key
     org_id = str(s["org_id"] or "").strip()
     if not _ID.match(org_id):
-        raise ConnectorConfigError(f"{key}.org_id: expected the Zoho Desk organisation id (digits), "
-                                   f"got {s['org_id']!r}")
+        raise s.error("org_id", f"expected the Zoho Desk organisation id (digits), got {s['org_id']!r}")
     desk_url, accounts_url = _url(s["desk_url"], f"{key}.desk_url"), _url(s["accounts_url"], f"{key}.accounts_url")
     jwks_url = _url(s["jwks_url"], f"{key}.jwks_url") if s["jwks_url"] else desk_url + "/.well-known/jwks.json"
     ids = [s["webhook_ids"]] if isinstance(s["webhook_ids"], (str, int)) else s["webhook_ids"]
     if not isinstance(ids, (list, tuple)) or not all(isinstance(i, (str, int)) and _ID.match(str(i)) for i in ids):
-        raise ConnectorConfigError(f"{key}.webhook_ids: expected a list of Zoho webhook ids (digits)")
-    secrets = {}
-    for name in ("client_id_env", "client_secret_env", "refresh_token_env"):
-        var = s[name]
-        if not isinstance(var, str) or not var:
-            raise ConnectorConfigError(f"{key}.{name}: expected the name of an environment variable")
-        if not env.get(var):
-            raise ConnectorConfigError(f"{key}.{name}: environment variable {var} is not set")
-        secrets[name] = env[var]
-    numbers = {}
-    for name in ("timeout", "jwt_leeway", "jwks_refetch_seconds", "page_size"):
-        value = s[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf or \
-                (name in ("timeout", "page_size") and value <= 0):
-            raise ConnectorConfigError(f"{key}.{name}: expected a positive number, got {value!r}")
-        numbers[name] = value
-    if not isinstance(numbers["page_size"], int) or numbers["page_size"] > 100:
-        raise ConnectorConfigError(f"{key}.page_size: expected a whole number from 1 to 100 (Zoho's page limit)")
+        raise s.error("webhook_ids", "expected a list of Zoho webhook ids (digits)")
+    client_id, client_secret, refresh_token = (
+        s.secret(name) for name in ("client_id_env", "client_secret_env", "refresh_token_env"))
+    timeout = s.number("timeout")
+    jwt_leeway = s.number("jwt_leeway", zero_ok=True)  # zero: no leeway
+    refetch = s.number("jwks_refetch_seconds", zero_ok=True)  # zero: refetch for every unknown key id
+    s.number("page_size")
+    page_size = s["page_size"]
+    if not isinstance(page_size, int) or page_size > 100:
+        raise s.error("page_size", "expected a whole number from 1 to 100 (Zoho's page limit)")
     field_map = FieldMap.from_settings(s["field_map"], f"{key}.field_map")
     unknown = [n for n in field_map.names if n not in ZOHO_FIELDS]
     if unknown:
-        raise ConnectorConfigError(f"{key}.field_map.{unknown[0]}: Zoho Desk has no attribute for it "
-                                   f"(mapped fields: {', '.join(ZOHO_FIELDS)})")
+        raise s.error(f"field_map.{unknown[0]}", "Zoho Desk has no attribute for it "
+                      f"(mapped fields: {', '.join(ZOHO_FIELDS)})")
     departments = s["team_departments"] or {}
     if not isinstance(departments, Mapping) or not all(_ID.match(str(v)) for v in departments.values()):
-        raise ConnectorConfigError(f"{key}.team_departments: expected a mapping of assignment_group label to "
-                                   "departmentId (digits)")
+        raise s.error("team_departments", "expected a mapping of assignment_group label to departmentId (digits)")
     if departments and "assignment_group" not in field_map:
-        raise ConnectorConfigError(f"{key}.team_departments: needs field_map.assignment_group (the team ids)")
+        raise s.error("team_departments", "needs field_map.assignment_group (the team ids)")
     if not isinstance(s["closed_status"], str) or not s["closed_status"].strip():
-        raise ConnectorConfigError(f"{key}.closed_status: expected a status name")
-    timeout = float(numbers["timeout"])
-    auth = ZohoRefreshAuth(accounts_url, secrets["client_id_env"], secrets["client_secret_env"],
-                           secrets["refresh_token_env"], timeout=timeout)
+        raise s.error("closed_status", "expected a status name")
+    auth = ZohoRefreshAuth(accounts_url, client_id, client_secret, refresh_token, timeout=timeout)
     client = VendorClient("Zoho Desk", desk_url, auth, timeout=timeout, headers={"orgId": org_id})
     # The JWKS is public: no token and no orgId go there, and one quick try, since a delivery is waiting on it.
     jwks = urlsplit(jwks_url)
     key_client = VendorClient("Zoho JWKS", f"{jwks.scheme}://{jwks.netloc}", StaticAuth({}),
                               timeout=min(timeout, 3.0), attempts=1)
-    keys = _Keys(key_client, (jwks.path or "/") + (f"?{jwks.query}" if jwks.query else ""),
-                 float(numbers["jwks_refetch_seconds"]))
+    keys = _Keys(key_client, (jwks.path or "/") + (f"?{jwks.query}" if jwks.query else ""), refetch)
     return ZohoConnector(client, keys, org_id, field_map, webhook_ids=[str(i) for i in ids],
                          team_departments={str(k): str(v) for k, v in departments.items()},
-                         closed_status=s["closed_status"].strip(), page_size=numbers["page_size"],
-                         jwt_leeway=float(numbers["jwt_leeway"]), retriage=retriage_settings(s, key))
+                         closed_status=s["closed_status"].strip(), page_size=page_size,
+                         jwt_leeway=jwt_leeway, retriage=retriage_settings(s, key))
