@@ -87,8 +87,8 @@ def bootstrap(gold: list[str], got: list[str], rounds: int = 1000, seed: int = 0
 
 
 def run_size(env: dict, tmp: Path, tax: Path, slice_: list, test: list, tag: str) -> dict:
-    from triage_core import Triager, load_config, load_taxonomy
     from trainer.evaluate import predict_baseline, predict_model, score
+    from triage_core import Triager, load_config, load_taxonomy
 
     train_path = tmp / f"{tag}.train.jsonl"
     train_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in slice_), encoding="utf-8")
@@ -200,9 +200,9 @@ def _commit() -> str:
 
 def shipped(args) -> None:
     """The shipped adapter on unseen synthetic tickets, beside the SVM trained on its own training records."""
-    from triage_core import Triager, load_config
     from trainer.evaluate import evaluate, summary_table
     from trainer.records import read_records
+    from triage_core import Triager, load_config
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     with tempfile.TemporaryDirectory() as tmp_name:
