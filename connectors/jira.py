@@ -52,10 +52,24 @@ from triage_core.queue import InboundTicket
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
-from .base import (ConnectorConfigError, FieldChange, RetriageSettings, WebhookEvent, WebhookRejected,
-                   WritebackOutcome, header, json_body, retriage_info, retriage_settings, retriage_ticket, with_reply)
+from .base import (
+    RETRIAGE_OFF,
+    ConnectorConfigError,
+    FieldChange,
+    RetriageSettings,
+    WebhookEvent,
+    WebhookRejected,
+    WritebackOutcome,
+    header,
+    json_body,
+    retriage_info,
+    retriage_settings,
+    retriage_ticket,
+    with_reply,
+)
 from .fieldmap import FieldMap
 from .http import StaticAuth, VendorClient, VendorError
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +105,31 @@ _MAX_IDENTIFIER = 200
 _DONE_MEMORY = 2048
 
 
+#: The `targets` value of a cascading select's child (subcategory under category), which is also the key of the
+#: child option inside the parent field's value in Jira's JSON: {"value": "Hardware", "child": {"value": "Laptop"}}.
+CHILD = "child"
+
+
+@dataclass(frozen=True)
+class FieldTarget:
+    """Where Jira holds a taxonomy field: the Jira field `field` (priority, components, labels, customfield_N), or,
+    when `child`, the child option of the cascading select in `field`, which is the parent field's target (a child
+    has no Jira field of its own, so it is read, written and matched in changelogs through its parent's)."""
+
+    field: str
+    child: bool = False
+
+    def read(self, fields: Mapping[str, Any]) -> Any:
+        """The raw value on an issue's `fields`: a child's is the `child` option of its parent's value."""
+        value = fields.get(self.field)
+        if self.child:
+            return value.get(CHILD) if isinstance(value, dict) else None
+        return value
+
+
+PRIORITY, COMPONENTS, LABELS = FieldTarget("priority"), FieldTarget("components"), FieldTarget("labels")
+
+
 @dataclass(frozen=True)
 class JiraOptions:
     """The validated settings that shape requests and parsing (secrets and the HTTP client are kept apart)."""
@@ -107,7 +146,7 @@ class JiraOptions:
     closed_days: int = 90
     page_size: int = 100
     notify_users: bool = True  # False: edits send notifyUsers=false (needs Administer Projects)
-    retriage: RetriageSettings = RetriageSettings()
+    retriage: RetriageSettings = RETRIAGE_OFF
 
 
 class JiraConnector:
@@ -133,6 +172,33 @@ class JiraConnector:
     def retriage(self) -> RetriageSettings:
         return self.opt.retriage
 
+    def _target(self, name: str) -> FieldTarget | None:
+        """Where taxonomy field `name` lives in Jira (None: no target); a child's field is its parent's target, as
+        the taxonomy (after `check_taxonomy`) names the parent."""
+        target = self.targets.get(name)
+        if target != CHILD:
+            return None if target is None else FieldTarget(target)
+        return FieldTarget(self.targets.get(self._parents.get(name) or "", ""), child=True)
+
+    def _mapped(self) -> Iterator[tuple[str, FieldTarget]]:
+        """(name, target) of every field that both the field map and `targets` know, in `targets` order."""
+        for name in self.targets:
+            target = self._target(name)
+            if name in self.field_map and target is not None:
+                yield name, target
+
+    def _children(self) -> Iterator[tuple[str, str, FieldTarget]]:
+        """(child, parent, target) of every mapped field written as the child option of a cascading select."""
+        for child, parent in self._parents.items():
+            target = self._target(child)
+            if target is not None and target.child and child in self.field_map:
+                yield child, parent, target
+
+    def _wanted(self, *base: str) -> list[str]:
+        """The issue fields to ask Jira for: `base`, then every mapped field's Jira field (a child comes with its
+        parent)."""
+        return [*base, *(t.field for _, t in self._mapped() if not t.child and t.field not in base)]
+
     # -- start-up ----------------------------------------------------------------------------------------------
 
     def check_taxonomy(self, taxonomy: Taxonomy) -> None:
@@ -141,12 +207,12 @@ class JiraConnector:
         problems = []
         self._parents = {f.name: f.parent for f in taxonomy.enum_fields if f.parent}
         for name in self.field_map.names:
-            target = self.targets.get(name)
+            target = self._target(name)
             if target is None:
                 problems.append(f"{KEY}.targets.{name}: missing (field_map maps it, so it must be written somewhere)")
-            elif target == "child" and not _CUSTOM.match(self.targets.get(self._parents.get(name) or "", "")):
-                problems.append(f"{KEY}.targets.{name}: 'child' needs its parent field on a cascading custom field")
-            elif target == "labels":
+            elif target.child and not _CUSTOM.match(target.field):
+                problems.append(f"{KEY}.targets.{name}: {CHILD!r} needs its parent field on a cascading custom field")
+            elif target == LABELS:
                 for label in taxonomy[name].values:
                     value = str(self.field_map.vendor(name, label, parent=_any_parent(taxonomy, name, label)))
                     if not value or len(value.split()) != 1:
@@ -252,8 +318,7 @@ class JiraConnector:
     def read_for_retriage(self, ticket: InboundTicket) -> InboundTicket:
         """The issue as Jira has it now: summary and description as the text (the worker adds the replies), the
         fields a human set (as for a created issue) as `current`, and every mapped field's value as `vendor`."""
-        wanted = ["summary", "description", "project", "issuetype"]
-        wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
+        wanted = self._wanted("summary", "description", "project", "issuetype")
         issue = self.client.json("GET", f"/rest/api/3/issue/{ticket.ref}", params={"fields": ",".join(wanted)})
         fields = issue.get("fields") if isinstance(issue, dict) else None
         if not isinstance(fields, dict):
@@ -271,15 +336,11 @@ class JiraConnector:
         """Every mapped field's value on the issue: its label, or Jira's own name or value when unmapped (a value
         no label stands for is still a value someone set)."""
         out = dict(self._labels_of(fields))
-        for name, target in self.targets.items():
-            if name in out or name not in self.field_map:
-                continue
-            raw = fields.get(self.targets.get(self._parents.get(name) or "", "") if target == "child" else target)
-            if target == "child":
-                raw = raw.get("child") if isinstance(raw, dict) else None
-            if target == "labels":
+        for name, target in self._mapped():
+            if name in out or target == LABELS:
                 continue  # labels also hold other teams' tags: only a mapped one says anything
-            values = _list(raw) if target == "components" else [raw]
+            raw = target.read(fields)
+            values = _list(raw) if target == COMPONENTS else [raw]
             shown = [_name(v, "name") or _name(v, "value") for v in values]
             if any(shown):
                 out[name] = next(v for v in shown if v)
@@ -303,9 +364,8 @@ class JiraConnector:
         seen: dict[str, list[str | None]] = {}
         for item in items:
             jira_field = item.get("fieldId") or item.get("field")
-            for name, target in self.targets.items():
-                if name not in self.field_map or target != jira_field and not (
-                        target == "child" and self.targets.get(self._parents.get(name) or "") == jira_field):
+            for name, target in self._mapped():
+                if target.field != jira_field:  # a child's changes are logged under its parent's field
                     continue
                 old, new = (self._change_value(name, target, item, side) for side in ("from", "to"))
                 pair = seen.setdefault(name, [None, None])
@@ -314,20 +374,20 @@ class JiraConnector:
             if old != new:
                 yield FieldChange(NAME, ref, name, old, new, actor)
 
-    def _change_value(self, name: str, target: str, item: Mapping[str, Any], side: str) -> str | None:
+    def _change_value(self, name: str, target: FieldTarget, item: Mapping[str, Any], side: str) -> str | None:
         raw, shown = item.get(side), item.get(side + "String")
-        if target == "priority":
+        if target == PRIORITY:
             return self._label(name, raw if self.opt.priority_by == "id" else shown)
-        if target == "components":
+        if target == COMPONENTS:
             return self._label(name, shown)
-        if target == "labels":  # fromString/toString list the labels, space-separated
+        if target == LABELS:  # fromString/toString list the labels, space-separated
             return next((lab for v in str(shown or "").split() if (lab := self._label(name, v))), None)
         match = _CASCADE.search(str(shown or ""))
         if not match:  # a plain select list: the option id in from/to, its value in fromString/toString
             return self._label(name, raw if self.opt.option_by == "id" else shown)
-        parent = self._label(self._parents.get(name, name) if target == "child" else name,
+        parent = self._label(self._parents.get(name, name) if target.child else name,
                              match[2] if self.opt.option_by == "id" else match[1])
-        if target != "child":
+        if not target.child:
             return parent
         return self._label(name, match[4] if self.opt.option_by == "id" else match[3], parent) if match[3] else None
 
@@ -346,21 +406,20 @@ class JiraConnector:
     def _labels_of(self, fields: Mapping[str, Any]) -> dict[str, str]:
         """Taxonomy labels of the issue's mapped fields (closed tickets, fields a human already set)."""
         out: dict[str, str] = {}
-        for name, target in self.targets.items():
-            if name not in self.field_map or target == "child":
+        for name, target in self._mapped():
+            if target.child:
                 continue
-            raw = fields.get(target)
-            if target == "priority":
+            raw = target.read(fields)
+            if target == PRIORITY:
                 label = self._label(name, _name(raw, self.opt.priority_by))
-            elif target in ("components", "labels"):
-                values = [_name(v, "name") if target == "components" else v for v in _list(raw)]
+            elif target in (COMPONENTS, LABELS):
+                values = [_name(v, "name") if target == COMPONENTS else v for v in _list(raw)]
                 label = next((lab for v in values if (lab := self._label(name, v))), None)
             else:
                 label = self._label(name, _name(raw, self.opt.option_by))
-                for child, parent in self._parents.items():
-                    if parent == name and self.targets.get(child) == "child" and child in self.field_map and label:
-                        sub = self._label(child, _name(raw.get("child") if isinstance(raw, dict) else None,
-                                                       self.opt.option_by), label)
+                for child, parent, child_target in self._children():
+                    if parent == name and label:
+                        sub = self._label(child, _name(child_target.read(fields), self.opt.option_by), label)
                         if sub:
                             out[child] = sub
             if label:
@@ -433,8 +492,8 @@ class JiraConnector:
         fields: dict[str, Any] = {}
         labels: list[str] = []
         for name, label in plan.apply.items():
-            target = self.targets.get(name)
-            if name not in self.field_map or target in (None, "child"):
+            target = self._target(name)
+            if name not in self.field_map or target is None or target.child:
                 continue
             parent = self._parents.get(name)
             try:
@@ -442,23 +501,22 @@ class JiraConnector:
                                                   ticket.current.get(parent or "")))
             except KeyError:  # a nested map with no parent value on the ticket: nothing sensible to write
                 continue
-            if target == "priority":
+            if target == PRIORITY:
                 fields["priority"] = {self.opt.priority_by: value}
-            elif target == "components":
+            elif target == COMPONENTS:
                 fields["components"] = [{"name": value}]
-            elif target == "labels":
+            elif target == LABELS:
                 labels.append(value)
             else:
-                fields[target] = {self.opt.option_by: value}
-        for child, parent in self._parents.items():
-            cascade = self.targets.get(parent, "")
-            if child not in plan.apply or self.targets.get(child) != "child" or child not in self.field_map:
-                continue
+                fields[target.field] = {self.opt.option_by: value}
+        for child, parent, target in self._children():
             parent_label = plan.apply.get(parent) or ticket.current.get(parent)
-            if not parent_label or not _CUSTOM.match(cascade) or parent not in self.field_map:
+            if child not in plan.apply or not parent_label or not _CUSTOM.match(target.field) or \
+                    parent not in self.field_map:
                 continue
-            option = fields.setdefault(cascade, {self.opt.option_by: str(self.field_map.vendor(parent, parent_label))})
-            option["child"] = {self.opt.option_by: str(self.field_map.vendor(child, plan.apply[child], parent_label))}
+            by = self.opt.option_by
+            option = fields.setdefault(target.field, {by: str(self.field_map.vendor(parent, parent_label))})
+            option[CHILD] = {by: str(self.field_map.vendor(child, plan.apply[child], parent_label))}
         if plan.needs_review and plan.review_marker:
             labels.append(plan.review_marker)
         body: dict[str, Any] = {"fields": fields} if fields else {}
@@ -488,8 +546,7 @@ class JiraConnector:
             raise RuntimeError("JiraConnector.closed_tickets: call check_taxonomy(taxonomy) first")
         clause = _resolved_since(since, self.opt.closed_days, self._user_zone)
         jql = f"({self.opt.closed_jql}) AND {clause}" if self.opt.closed_jql else clause
-        wanted = ["summary", "description", "resolutiondate", "project", "issuetype"]
-        wanted += [t for n, t in self.targets.items() if t != "child" and n in self.field_map and t not in wanted]
+        wanted = self._wanted("summary", "description", "resolutiondate", "project", "issuetype")
         token: str | None = None
         while True:
             request: dict[str, Any] = {"jql": jql + " ORDER BY resolved ASC", "fields": wanted,
@@ -570,7 +627,7 @@ def adf_to_text(node: Any, depth: int = 0) -> str:
     if kind in ("bulletList", "orderedList"):
         start = attrs.get("order") if isinstance(attrs.get("order"), int) else 1
         marks = [f"{start + i}. " if kind == "orderedList" else "- " for i in range(len(parts))]
-        return "\n".join(m + p.replace("\n", "\n  ") for m, p in zip(marks, parts) if p.strip())
+        return "\n".join(m + p.replace("\n", "\n  ") for m, p in zip(marks, parts, strict=True) if p.strip())
     if kind in _BLOCK_JOIN:
         return _BLOCK_JOIN[kind].join(p for p in parts if p.strip())
     return "".join(parts)  # paragraph, heading, codeBlock and other inline containers
@@ -620,53 +677,25 @@ def _iso(value: str) -> str:
 
 def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConnector:
     """The entry-point factory: settings from connectors.settings.jira, secrets from the environment."""
-    for name in settings:
-        if name not in DEFAULTS:
-            raise ConnectorConfigError(f"{KEY}.{name}: unknown setting (expected {', '.join(DEFAULTS)})")
-    s = {**DEFAULTS, **settings}
+    s = Settings(settings, DEFAULTS, KEY, env)
 
-    def text(name: str, required: bool = False) -> str | None:
-        value = s[name]
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise ConnectorConfigError(f"{KEY}.{name}: expected a non-empty string, got {value!r}")
-        return value.strip()
+    def secret(name: str, why: str) -> str:  # Jira reads a variable's name as text: stripped, never blank
+        return s.secret(name, why, var=s.text(name, required=True))
 
-    def secret(name: str, why: str) -> str:
-        var = text(name, required=True)
-        value = env.get(var, "")
-        if not value:
-            raise ConnectorConfigError(f"{KEY}.{name}: environment variable {var} is not set; {why}")
-        return value
-
-    def choice(name: str, allowed: tuple[str, ...]) -> str:
-        if s[name] not in allowed:
-            raise ConnectorConfigError(f"{KEY}.{name}: expected one of {', '.join(allowed)}, got {s[name]!r}")
-        return s[name]
-
-    def number(name: str, integer: bool) -> Any:
-        value = s[name]
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
-                or not 0 < value < math.inf:
-            raise ConnectorConfigError(f"{KEY}.{name}: expected a positive {'integer' if integer else 'number'}, "
-                                       f"got {value!r}")
-        return value
-
-    base_url = text("base_url", required=True)
+    base_url = s.text("base_url", required=True)
     if not base_url.startswith(("https://", "http://")):
-        raise ConnectorConfigError(f"{KEY}.base_url: expected https://<site>.atlassian.net, got {base_url!r}")
-    if text("oauth_token_env"):
+        raise s.error("base_url", f"expected https://<site>.atlassian.net, got {base_url!r}")
+    if s.text("oauth_token_env"):
         auth = StaticAuth.bearer(secret("oauth_token_env", "it holds the OAuth 2.0 access token"))
     else:
-        email = text("email")
+        email = s.text("email")
         if email is None:
-            raise ConnectorConfigError(f"{KEY}.email: required for API-token auth (or set oauth_token_env)")
+            raise s.error("email", "required for API-token auth (or set oauth_token_env)")
         auth = StaticAuth.basic(email, secret("api_token_env", "it holds the Atlassian API token for " + email))
     unsigned = s["allow_unsigned_with_url_secret"]
     if not isinstance(unsigned, bool):
-        raise ConnectorConfigError(f"{KEY}.allow_unsigned_with_url_secret: expected true or false")
-    hook_var = text("secret_env", required=True)
+        raise s.error("allow_unsigned_with_url_secret", "expected true or false")
+    hook_var = s.text("secret_env", required=True)
     if not unsigned or env.get(hook_var):
         hook_secret: str | None = secret("secret_env", "the connector needs it to verify webhook signatures")
     else:
@@ -675,35 +704,35 @@ def from_config(settings: Mapping[str, Any], env: Mapping[str, str]) -> JiraConn
 
     raw_targets = s["targets"]
     if not isinstance(raw_targets, Mapping):
-        raise ConnectorConfigError(f"{KEY}.targets: expected a mapping of taxonomy field to Jira field")
+        raise s.error("targets", "expected a mapping of taxonomy field to Jira field")
     targets = {k: v for k, v in {**DEFAULTS["targets"], **raw_targets}.items() if v is not None}
     for name, target in targets.items():
-        ok = target in ("components", "labels", "child") or _CUSTOM.match(str(target)) or \
+        ok = target in ("components", "labels", CHILD) or _CUSTOM.match(str(target)) or \
             target == "priority" == name
         if not isinstance(target, str) or not ok:
-            raise ConnectorConfigError(f"{KEY}.targets.{name}: expected components, labels, customfield_<id>, "
-                                       f"child{' or priority' if name == 'priority' else ''}, got {target!r}")
+            raise s.error(f"targets.{name}", "expected components, labels, customfield_<id>, "
+                          f"{CHILD}{' or priority' if name == 'priority' else ''}, got {target!r}")
     human = s["human_set_fields"]
     if not isinstance(human, (list, tuple)) or not all(isinstance(h, str) for h in human):
-        raise ConnectorConfigError(f"{KEY}.human_set_fields: expected a list of taxonomy field names")
+        raise s.error("human_set_fields", "expected a list of taxonomy field names")
     visibility = s["comment_visibility"]
-    internal = choice("internal_comment", ("jsm", "plain"))
+    internal = s.choice("internal_comment", ("jsm", "plain"))
     if internal == "plain" and not (isinstance(visibility, Mapping) and visibility.get("type") in ("role", "group")
                                     and isinstance(visibility.get("value"), str) and visibility["value"]):
-        raise ConnectorConfigError(f"{KEY}.comment_visibility: internal_comment plain needs "
-                                   "{type: role | group, value: <role or group name>}")
+        raise s.error("comment_visibility", "internal_comment plain needs "
+                      "{type: role | group, value: <role or group name>}")
     notify = s["notify_users"]
     if not isinstance(notify, bool):
-        raise ConnectorConfigError(f"{KEY}.notify_users: expected true or false, got {notify!r}")
-    client = VendorClient("Jira", base_url, auth, timeout=float(number("timeout", False)),
+        raise s.error("notify_users", f"expected true or false, got {notify!r}")
+    client = VendorClient("Jira", base_url, auth, timeout=s.number("timeout"),
                           headers={"Accept": "application/json"}, rate_limit_backoff=RATE_LIMIT_BACKOFF,
                           reset_header=RESET_HEADER)
     options = JiraOptions(
-        targets, bot_account_id=text("bot_account_id"), priority_by=choice("priority_by", ("name", "id")),
-        option_by=choice("option_by", ("value", "id")), human_set_fields=tuple(human),
-        default_priority=text("default_priority"), internal_comment=internal,
-        comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=text("closed_jql"),
-        closed_days=number("closed_days", True), page_size=min(number("page_size", True), 5000),
+        targets, bot_account_id=s.text("bot_account_id"), priority_by=s.choice("priority_by", ("name", "id")),
+        option_by=s.choice("option_by", ("value", "id")), human_set_fields=tuple(human),
+        default_priority=s.text("default_priority"), internal_comment=internal,
+        comment_visibility=dict(visibility) if internal == "plain" else None, closed_jql=s.text("closed_jql"),
+        closed_days=s.number("closed_days", integer=True), page_size=min(s.number("page_size", integer=True), 5000),
         notify_users=notify, retriage=retriage_settings(s, KEY))
     return JiraConnector(client, FieldMap.from_settings(s["field_map"], f"{KEY}.field_map"), options,
                          secret=hook_secret.encode("utf-8") if hook_secret else None,
