@@ -169,25 +169,62 @@ def retriage_settings(settings: Mapping[str, Any], key: str) -> RetriageSettings
     return RetriageSettings(mode, tuple(n.strip() for n in names))
 
 
+@dataclass(frozen=True)
+class RetriageInfo:
+    """What `InboundTicket.extra["retriage"]` says of a re-triage: why, and what the connector has read so far.
+
+    `reasons`: keys of RETRIAGE_REASONS. `reply`: the requester's new reply, when the event or the read-back carried
+    one ("" when read back empty). `thread_id`: the Zoho thread the reply is in, read back by the worker. `vendor`:
+    every mapped field's value on the ticket as the vendor has it (label, or raw vendor value when unmapped), set by
+    `read_for_retriage`. The extra is JSON in the durable queue: `from_extra` reads what `to_extra` writes (and what
+    earlier releases wrote); a key left None is not written."""
+
+    reasons: tuple[str, ...] = ()
+    thread_id: str | None = None
+    reply: str | None = None
+    vendor: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_extra(cls, extra: Any) -> RetriageInfo | None:
+        """The re-triage of an `extra` mapping, or None when it holds none (a ticket triaged for the first time)."""
+        info = extra.get(RETRIAGE) if isinstance(extra, Mapping) else None
+        if not isinstance(info, dict):
+            return None
+        reasons, reply, vendor = info.get("reasons"), info.get("reply"), info.get("vendor")
+        return cls(reasons=tuple(str(r) for r in reasons) if isinstance(reasons, (list, tuple)) else (),
+                   thread_id=str(info["thread_id"]) if info.get("thread_id") else None,
+                   reply=reply if isinstance(reply, str) else None,
+                   vendor=dict(vendor) if isinstance(vendor, dict) else None)
+
+    def to_extra(self) -> dict[str, Any]:
+        """The JSON object stored as `extra["retriage"]`: reasons, then thread_id, reply and vendor where set."""
+        out: dict[str, Any] = {"reasons": list(self.reasons)}
+        if self.thread_id is not None:
+            out["thread_id"] = self.thread_id
+        if self.reply is not None:
+            out["reply"] = self.reply
+        if self.vendor is not None:
+            out["vendor"] = dict(self.vendor)
+        return out
+
+
 def retriage_ticket(ticket: InboundTicket, reasons: Iterable[str], *, reply: str | None = None,
-                    **more: Any) -> InboundTicket:
+                    thread_id: str | None = None, vendor: Mapping[str, str] | None = None) -> InboundTicket:
     """`ticket` marked as a re-triage for `reasons` (keys of RETRIAGE_REASONS), with the new reply's text if any.
 
     The connector's `RetriageReader.read_for_retriage` (or `TicketReader.read_ticket`) reads, before triage, the
     ticket's text (subject and description) and `vendor`: the label (or raw vendor value when unmapped) of every
     mapped field on the ticket. The worker then adds the requester's replies: those of the ticket's earlier
     re-triages, and this one."""
-    reasons = [r for r in dict.fromkeys(reasons) if r in RETRIAGE_REASONS]
-    info: dict[str, Any] = {"reasons": reasons, **more}
-    if reply:
-        info["reply"] = clean_text(reply).strip()
-    return dataclasses.replace(ticket, extra={**ticket.extra, RETRIAGE: info})
+    info = RetriageInfo(reasons=tuple(r for r in dict.fromkeys(reasons) if r in RETRIAGE_REASONS),
+                        thread_id=thread_id, reply=clean_text(reply).strip() if reply else None,
+                        vendor=vendor)
+    return dataclasses.replace(ticket, extra={**ticket.extra, RETRIAGE: info.to_extra()})
 
 
-def retriage_info(ticket: InboundTicket) -> dict[str, Any] | None:
+def retriage_info(ticket: InboundTicket) -> RetriageInfo | None:
     """The re-triage data of a ticket, or None for a ticket triaged for the first time."""
-    info = ticket.extra.get(RETRIAGE) if isinstance(ticket.extra, Mapping) else None
-    return info if isinstance(info, dict) else None
+    return RetriageInfo.from_extra(ticket.extra)
 
 
 def with_reply(text: str, reply: str | None, limit: int) -> str:

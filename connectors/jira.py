@@ -34,6 +34,7 @@ with `base_url` https://api.atlassian.com/ex/jira/<cloud id>). A bearer is not r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -53,9 +54,11 @@ from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
 from .base import (
+    RETRIAGE,
     RETRIAGE_OFF,
     ConnectorConfigError,
     FieldChange,
+    RetriageInfo,
     RetriageSettings,
     WebhookEvent,
     WebhookRejected,
@@ -324,13 +327,13 @@ class JiraConnector:
         if not isinstance(fields, dict):
             raise VendorError(f"Jira GET /rest/api/3/issue/{ticket.ref}: expected an issue with fields",
                               retryable=True)
-        info = retriage_info(ticket) or {}
+        info = dataclasses.replace(retriage_info(ticket) or RetriageInfo(), vendor=self._vendor(fields))
         return InboundTicket(connector=NAME, ref=ticket.ref, event_key=ticket.event_key,
                              text=_text(fields) or ticket.text,
                              project=_name(fields.get("project"), "key") or ticket.project,
                              ticket_type=_name(fields.get("issuetype"), "name") or ticket.ticket_type,
                              current=self._human_set(fields),
-                             extra={**ticket.extra, "retriage": {**info, "vendor": self._vendor(fields)}})
+                             extra={**ticket.extra, RETRIAGE: info.to_extra()})
 
     def _vendor(self, fields: Mapping[str, Any]) -> dict[str, str]:
         """Every mapped field's value on the issue: its label, or Jira's own name or value when unmapped (a value

@@ -30,6 +30,7 @@ Settings (connectors.settings.servicedesk): see DEFAULTS; secrets only through t
 """
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -45,9 +46,11 @@ from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
 from .base import (
+    RETRIAGE,
     RETRIAGE_OFF,
     PollNow,
     PollResult,
+    RetriageInfo,
     RetriageSettings,
     WebhookRejected,
     WritebackOutcome,
@@ -251,13 +254,13 @@ class ServiceDeskConnector:
         full = self._detail({"id": ticket.ref})
         if full is None:
             raise VendorError(f"{NAME}: request {ticket.ref} is gone", retryable=False, status=404)
-        info = retriage_info(ticket) or {}
+        info = dataclasses.replace(retriage_info(ticket) or RetriageInfo(), vendor=self._vendor(full))
         fresh = self._ticket(full, event_key=ticket.event_key)
         return InboundTicket(NAME, ticket.ref, ticket.event_key, _text(full) or ticket.text,
                              project=fresh.project if fresh else ticket.project,
                              ticket_type=fresh.ticket_type if fresh else ticket.ticket_type,
                              current=self._labels(full, self.current_fields),
-                             extra={**ticket.extra, "retriage": {**info, "vendor": self._vendor(full)}})
+                             extra={**ticket.extra, RETRIAGE: info.to_extra()})
 
     def _vendor(self, req: Mapping[str, Any]) -> dict[str, str]:
         """Every mapped field's value on the request: its label, or the SDP name when the field map has none."""

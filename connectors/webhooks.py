@@ -79,7 +79,7 @@ def _accept(daemon: TriageDaemon, connector: str, ticket) -> dict:
             runner.trigger()
         return {"poll": runner is not None}
     # A re-triage hint without its project (a Zoho thread) is filtered by the worker once it is read back.
-    if not daemon.policy.filter.accepts(ticket) and not (ticket.project is None and retriage_info(ticket)):
+    if not daemon.policy.filter.accepts(ticket) and not (ticket.project is None and retriage_info(ticket) is not None):
         return {"ref": ticket.ref, "filtered": True}
     res = daemon.queue.submit(ticket)
     if not res.created:

@@ -33,6 +33,7 @@ from triage_core.triager import TriageError, Triager, TriageResult
 from .base import (
     RETRIAGE_REASONS,
     Connector,
+    RetriageInfo,
     RetriageReader,
     RetriageSettings,
     TicketReader,
@@ -303,8 +304,8 @@ class Worker(threading.Thread):
     def _with_replies(self, job: ClaimedJob) -> ClaimedJob:
         """The re-triage's text: subject and description, then the replies earlier re-triages read, then this one's
         (kept in its inbound event for later ones)."""
-        ticket, info = job.ticket, retriage_info(job.ticket) or {}
-        reply = info.get("reply") if isinstance(info.get("reply"), str) else None
+        ticket, info = job.ticket, retriage_info(job.ticket)
+        reply = info.reply if info is not None else None
         replies = self.ctx.store.retriage_replies(ticket.connector, ticket.ref, job.event_id)
         if reply:
             self.ctx.store.keep_reply(job.event_id, reply)
@@ -374,12 +375,12 @@ class Worker(threading.Thread):
         ctx.metrics.writebacks.labels(ticket.connector, outcome.outcome).inc()
         ctx.queue.complete(job.id, self.name)
 
-    def _retriage_plan(self, ticket: InboundTicket, info: dict, result: TriageResult,
+    def _retriage_plan(self, ticket: InboundTicket, info: RetriageInfo, result: TriageResult,
                        settings: RetriageSettings | None) -> tuple[WritebackPlan, InboundTicket]:
         """The re-triage plan, and the ticket to write it to (its `current`: every value the ticket carries, so a
         connector finds the parent of a dependent field it writes alone)."""
         store = self.ctx.store
-        vendor = info.get("vendor") if isinstance(info.get("vendor"), dict) else dict(ticket.current)
+        vendor = info.vendor if info.vendor is not None else dict(ticket.current)
         before: dict[str, str | None] = {}
         human: set[str] = set()
         for name in result.ticket:
@@ -395,7 +396,7 @@ class Worker(threading.Thread):
                     human.add(name)  # the vendor shows something else than the daemon wrote: a human's value
             elif name in ticket.current:
                 human.add(name)  # never written by the daemon, and set on the ticket in a way that counts as human
-        reasons = [RETRIAGE_REASONS.get(r, str(r)) for r in info.get("reasons") or []]
+        reasons = [RETRIAGE_REASONS.get(r, r) for r in info.reasons]
         why = " and ".join(reasons) or "new information on the ticket"
         settings = settings if isinstance(settings, RetriageSettings) else RetriageSettings("all")
         plan = self.ctx.policy.retriage_plan(result, before=before, human=human, allowed=settings.allows, why=why)

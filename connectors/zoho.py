@@ -44,9 +44,11 @@ from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
 from .base import (
+    RETRIAGE,
     RETRIAGE_OFF,
     ConnectorConfigError,
     FieldChange,
+    RetriageInfo,
     RetriageSettings,
     WebhookEvent,
     WebhookRejected,
@@ -309,22 +311,22 @@ class ZohoConnector:
         """`read_ticket`, plus the customer's reply (the thread, read back: its direction must be `in`; the worker
         adds it after subject and description) and every mapped field's value as `vendor`."""
         data = self._ticket(ticket.ref)
-        info = dict(retriage_info(ticket) or {})
-        thread_id = str(info.get("thread_id") or "")
+        info = retriage_info(ticket) or RetriageInfo()
+        thread_id = info.thread_id or ""
         if thread_id:
             if not _ID.match(thread_id):
                 raise VendorError(f"Zoho Desk: {thread_id!r} is not a thread id", retryable=False)
             thread = self.client.json("GET", f"/api/v1/tickets/{ticket.ref}/threads/{thread_id}") or {}
             if isinstance(thread, dict) and thread.get("direction") == "in":
                 body = thread.get("content") if isinstance(thread.get("content"), str) else thread.get("summary")
-                info["reply"] = html_to_text(body) if isinstance(body, str) else ""
+                info = dataclasses.replace(info, reply=html_to_text(body) if isinstance(body, str) else "")
             else:  # the webhook said "in", the API does not: no reply from the customer to read
-                info["reasons"] = [r for r in info.get("reasons") or [] if r != "reply"]
-                info.pop("reply", None)
+                info = dataclasses.replace(info, reasons=tuple(r for r in info.reasons if r != "reply"), reply=None)
         current = self._current(data)
+        info = dataclasses.replace(info, vendor=current)
         return dataclasses.replace(ticket, text=_ticket_text(data),
                                    project=_str(data.get("departmentId")), current=current,
-                                   extra={**ticket.extra, **_extra(data), "retriage": {**info, "vendor": current}})
+                                   extra={**ticket.extra, **_extra(data), RETRIAGE: info.to_extra()})
 
     def write_back(self, ticket: InboundTicket, plan: WritebackPlan, result: TriageResult) -> WritebackOutcome:
         """One PATCH (skipped when nothing maps), the review tag when needed, then one private comment."""
