@@ -50,6 +50,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
+from triage_core.records import Record
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
@@ -541,7 +542,7 @@ class JiraConnector:
             log.warning("jira: unknown time zone %r for the API user; closed-ticket JQL uses relative minutes", name)
             return None
 
-    def closed_tickets(self, since: Any = None) -> Iterator[dict]:
+    def closed_tickets(self, since: Any = None) -> Iterator[Record]:
         """Labelled-ticket records (DESIGN.md) of issues resolved since `since` (a datetime, date, ISO string,
         or a number of days; None: `closed_days`), oldest first. Needs `check_taxonomy` first, so that no label
         outside the taxonomy is kept."""
@@ -561,7 +562,8 @@ class JiraConnector:
                 fields = issue.get("fields") or {}
                 text = _text(fields)
                 if text.strip() and isinstance(issue.get("key"), str):
-                    record = {"id": issue["key"], "text": text, "labels": self._labels_of(fields), "source": NAME}
+                    record: Record = {"id": issue["key"], "text": text, "labels": self._labels_of(fields),
+                                      "source": NAME}
                     if isinstance(fields.get("resolutiondate"), str):
                         record["closed_at"] = _iso(fields["resolutiondate"])
                     yield record

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
+from triage_core.records import Record
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
@@ -377,7 +378,7 @@ class ServiceDeskConnector:
 
     # -- closed tickets --------------------------------------------------------------------------------------
 
-    def closed_tickets(self, since: Any) -> Iterator[dict]:
+    def closed_tickets(self, since: Any) -> Iterator[Record]:
         """Labelled records (DESIGN.md) of requests closed or resolved after `since` (datetime, ISO or None)."""
         criteria = _status_criterion(self.closed_statuses)
         if since is not None:
@@ -391,8 +392,8 @@ class ServiceDeskConnector:
             text = _text(full) if full else ""
             if not text:
                 continue
-            record: dict[str, Any] = {"id": str(full.get("id") or req["id"]), "text": text,
-                                      "labels": self._labels(full, list(self.attributes)), "source": SOURCE}
+            record: Record = {"id": str(full.get("id") or req["id"]), "text": text,
+                              "labels": self._labels(full, list(self.attributes)), "source": SOURCE}
             closed = _ms(full.get("completed_time")) or _ms(full.get("resolved_time"))
             if closed is not None:
                 record["closed_at"] = datetime.fromtimestamp(closed / 1000, timezone.utc).isoformat()

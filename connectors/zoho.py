@@ -40,6 +40,7 @@ import jwt
 
 from triage_core.policy import WritebackPlan
 from triage_core.queue import InboundTicket
+from triage_core.records import Record
 from triage_core.taxonomy import Taxonomy
 from triage_core.triager import TriageResult
 
@@ -366,7 +367,7 @@ class ZohoConnector:
             raise VendorError(f"{exc} (sent {dict(update)}: check connectors.settings.{NAME}.field_map against the "
                               "portal's picklists, teams and departments)", retryable=False, status=422) from None
 
-    def closed_tickets(self, since: Any) -> Iterator[dict]:
+    def closed_tickets(self, since: Any) -> Iterator[Record]:
         """Labelled records (DESIGN.md) of tickets closed after `since` (datetime, date, ISO string or None),
         from the search API (0-based `from`, `limit` pages), oldest change first."""
         after = _when(since)
@@ -408,7 +409,7 @@ class ZohoConnector:
             raise VendorError(f"Zoho Desk GET /api/v1/tickets/{ref}: expected a ticket object", retryable=True)
         return data
 
-    def _record(self, row: dict, after: datetime | None) -> dict | None:
+    def _record(self, row: dict, after: datetime | None) -> Record | None:
         ref = str(row.get("id") or "")
         if not _ID.match(ref):
             return None
@@ -429,7 +430,7 @@ class ZohoConnector:
         if not text:
             return None
         labels = {name: label for name in self.field_map.names if (label := self._label(name, row))}
-        record = {"id": ref, "text": text, "labels": labels, "source": NAME}
+        record: Record = {"id": ref, "text": text, "labels": labels, "source": NAME}
         if closed is not None:
             record["closed_at"] = closed.isoformat().replace("+00:00", "Z")
         return record

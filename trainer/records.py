@@ -3,19 +3,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypedDict
+from typing import Any, Iterable, Iterator
+
+from triage_core.records import Record as Record  # re-exported: the record shape lives in triage_core
 
 SOURCES = ("synthetic", "jira", "zoho", "manageengine", "csv", "jsonl")
-
-
-class Record(TypedDict, total=False):
-    id: str
-    text: str
-    language: str
-    labels: dict[str, str]
-    source: str
-    closed_at: str
-    group: str  # optional: the near-duplicate group (synthetic scenario phrasing); keeps paraphrases in one split
 
 
 class RecordError(ValueError):

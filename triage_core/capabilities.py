@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol, runtime_checkable
 
+from .records import Record
+
 
 @runtime_checkable
 class ClosedTicketSource(Protocol):
@@ -24,11 +26,12 @@ class ClosedTicketSource(Protocol):
         isinstance(MyConnector(), ClosedTicketSource)  # True: the method is all it takes
     """
 
-    def closed_tickets(self, since: Any) -> Iterable[dict]:
+    def closed_tickets(self, since: Any) -> Iterable[Record]:
         """Labelled-ticket records closed after `since`; raise NotImplementedError where the ITSM has none.
 
         :param since: a timezone-aware UTC datetime: the start of the last promoting run, or the look-back window.
-        :returns: labelled-ticket records (DESIGN.md); labels outside the taxonomy are dropped and counted later.
+        :returns: labelled-ticket records (`triage_core.records.Record`, DESIGN.md); labels outside the taxonomy
+            are dropped and counted later.
         """
         ...
 
