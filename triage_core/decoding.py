@@ -168,72 +168,40 @@ class SchemaDecoder:
                 close_id: int, chooser: Chooser | None = None) -> None:
         """Feed each row's `lead` and score all allowed values of `f` in the same pass, as a tree.
 
-        Per row the pass holds [lead, padded][value 1 + close][value 2 + close]...: each candidate sees the
-        lead and itself, never the other candidates, and all candidates sit at the same positions. Afterwards
-        the candidate region is cropped away again; the chosen value is fed as part of the next lead.
+        Three steps: lay the pass out (`_Tree`), score each row's candidates and choose, then crop the candidate
+        region away again; the chosen value is fed as part of the next lead.
         """
-        b = len(out)
-        lead_w = max(1, max(len(s) for s in lead))
         cands = [[(v, self._values[f.name][v] + [close_id]) for v in f.allowed(d.values)] for d in out]
-        cand_w = max(sum(len(c) for _, c in row) for row in cands)
-        w = lead_w + cand_w
-        ids = torch.full((b, w), self.pad_id, dtype=torch.long)
-        valid = torch.zeros(b, w, dtype=torch.bool)
-        offsets = torch.zeros(b, w, dtype=torch.long)
-        attend = torch.zeros(b, w, w, dtype=torch.bool)
-        lead_causal = torch.ones(lead_w, lead_w, dtype=torch.bool).tril()
-        for r in range(b):
-            n_lead = len(lead[r])
-            ids[r, :n_lead] = torch.tensor(lead[r], dtype=torch.long)
-            valid[r, :n_lead] = True
-            offsets[r, :lead_w] = torch.arange(lead_w)
-            attend[r, :lead_w, :lead_w] = lead_causal
-            at = lead_w
-            for _, tokens in cands[r]:
-                n = len(tokens)
-                ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
-                valid[r, at : at + n] = True
-                offsets[r, at : at + n] = n_lead + torch.arange(n)
-                attend[r, at : at + n, :lead_w] = True
-                attend[r, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
-                at += n
-        # Logits are needed after each lead's last token and after every candidate token but the last.
-        keep = {len(s) - 1 for s in lead if s}
-        for row in cands:
-            at = lead_w
-            for _, tokens in row:
-                keep.update(range(at, at + len(tokens) - 1))
-                at += len(tokens)
-        # The lead's padding is attended by nobody (valid masks it); pad queries see only their row's context.
-        lead_valid = valid[:, :lead_w].clone()
-        logits, column = self._forward(rows, ids.to(self.device), offsets.to(self.device), attend.to(self.device),
-                                       valid.to(self.device), sorted(keep))
+        tree = _Tree.layout(lead, cands, self.pad_id)
+        logits, column = self._forward(rows, tree.ids.to(self.device), tree.offsets.to(self.device),
+                                       tree.attend.to(self.device), tree.valid.to(self.device), tree.keep)
         logp = torch.log_softmax(logits, dim=-1)
         first = torch.log_softmax(rows.logits, dim=-1) if rows.logits is not None else None
         for r, d in enumerate(out):
             n_lead = len(lead[r])
             if self.restricted:
                 start = logits[r, column[n_lead - 1]] if n_lead else rows.logits[r]  # type: ignore[index]
-                names, scores = _trie_scores(cands[r], start, lambda at, j: logits[r, column[at + j - 1]], lead_w)
+                names, scores = _trie_scores(cands[r], start, lambda at, j, r=r: logits[r, column[at + j - 1]],
+                                             tree.lead_w)
             else:
-                names, scores = self._token_scores(cands[r], logp, first, r, n_lead, column, lead_w)
-            top = max(scores)
-            weights = [math.exp(s - top) for s in scores]
-            norm = sum(weights)
-            lm = {v: wgt / norm for v, wgt in zip(names, weights)}
+                names, scores = self._token_scores(cands[r], logp, first, r, n_lead, column, tree.lead_w)
+            lm = _softmax(names, scores)
             d.lm_distributions[f.name] = lm
             if chooser is None:
                 d.distributions[f.name], d.values[f.name] = lm, names[max(range(len(scores)), key=scores.__getitem__)]
             else:
                 d.distributions[f.name], d.values[f.name] = chooser(f, r, lm, d.values)
-        # Keep the lead in the cache, drop the candidates.
-        keep = rows.mask.shape[1] - cand_w
-        rows.cache.crop(-cand_w)  # transformers 5: a negative count removes that many positions
+        self._crop(rows, tree, logits, column)
+
+    def _crop(self, rows: _Rows, tree: _Tree, logits: torch.Tensor, column: torch.Tensor) -> None:
+        """Keep the lead in the cache, drop the candidates; the next step reads on from each lead's last token."""
+        keep = rows.mask.shape[1] - tree.cand_w
+        rows.cache.crop(-tree.cand_w)  # transformers 5: a negative count removes that many positions
         rows.mask = rows.mask[:, :keep]
-        lengths = lead_valid.sum(dim=1).to(self.device)
+        lengths = tree.lead_valid.sum(dim=1).to(self.device)
         fed = lengths > 0
         last_col = column[(lengths.cpu() - 1).clamp(min=0)].clamp(min=0).to(self.device)
-        last = logits[torch.arange(b, device=self.device), last_col]
+        last = logits[torch.arange(len(lengths), device=self.device), last_col]
         rows.logits = last if rows.logits is None else torch.where(fed.unsqueeze(1), last, rows.logits)
         rows.pos = rows.pos + lengths
 
@@ -360,6 +328,63 @@ class SchemaDecoder:
                 blank[i] = not piece.strip() or piece.strip() == "\ufffd"
             self._blank = blank
         return self._blank
+
+
+@dataclass
+class _Tree:
+    """One scoring pass laid out: per row [lead, padded][value 1 + close][value 2 + close]...
+
+    Each candidate sees the lead and itself, never the other candidates, and all candidates sit at the same
+    positions (offsets continue from the row's own lead length).
+    """
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    offsets: torch.Tensor
+    attend: torch.Tensor
+    keep: list[int]  # columns whose logits are needed: each lead's last token, every candidate token but the last
+    lead_w: int
+    cand_w: int
+    lead_valid: torch.Tensor  # the lead region of `valid`: which rows fed tokens this step
+
+    @classmethod
+    def layout(cls, lead: list[list[int]], cands: list[list[tuple[str, list[int]]]], pad_id: int) -> _Tree:
+        b = len(lead)
+        lead_w = max(1, max(len(s) for s in lead))
+        cand_w = max(sum(len(c) for _, c in row) for row in cands)
+        w = lead_w + cand_w
+        ids = torch.full((b, w), pad_id, dtype=torch.long)
+        valid = torch.zeros(b, w, dtype=torch.bool)
+        offsets = torch.zeros(b, w, dtype=torch.long)
+        attend = torch.zeros(b, w, w, dtype=torch.bool)
+        lead_causal = torch.ones(lead_w, lead_w, dtype=torch.bool).tril()
+        keep = {len(s) - 1 for s in lead if s}
+        for r in range(b):
+            n_lead = len(lead[r])
+            ids[r, :n_lead] = torch.tensor(lead[r], dtype=torch.long)
+            valid[r, :n_lead] = True
+            offsets[r, :lead_w] = torch.arange(lead_w)
+            attend[r, :lead_w, :lead_w] = lead_causal
+            at = lead_w
+            for _, tokens in cands[r]:
+                n = len(tokens)
+                ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
+                valid[r, at : at + n] = True
+                offsets[r, at : at + n] = n_lead + torch.arange(n)
+                attend[r, at : at + n, :lead_w] = True
+                attend[r, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                keep.update(range(at, at + n - 1))
+                at += n
+        # The lead's padding is attended by nobody (valid masks it); pad queries see only their row's context.
+        return cls(ids=ids, valid=valid, offsets=offsets, attend=attend, keep=sorted(keep), lead_w=lead_w,
+                   cand_w=cand_w, lead_valid=valid[:, :lead_w].clone())
+
+
+def _softmax(names: list[str], scores: list[float]) -> dict[str, float]:
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    norm = sum(weights)
+    return {v: wgt / norm for v, wgt in zip(names, weights, strict=True)}
 
 
 def _trie_scores(cands: Sequence[tuple[str, list[int]]], start: torch.Tensor,
