@@ -283,3 +283,35 @@ def test_opaque_labels_are_described_by_their_own_tickets_in_the_prompt(cfg, tmp
     # Pointed at another taxonomy (zero-shot), the adapter's own descriptions do not apply.
     other = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=None), TAXONOMY, use_expert=False)
     assert other.codec.system == PromptCodec(tok, TAXONOMY).system
+
+
+@pytest.mark.slow
+def test_pooling_fits_a_dependent_field_where_the_lm_chose_another_parent(cfg, tmp_path):
+    """The default taxonomy's subcategory hangs under its category: on a held-out ticket whose category the LM
+    got wrong, the LM's subcategory distribution covers the wrong parent's children. The fit must not fail on it
+    (it did: a KeyError in the pooling), and the subcategory is fitted on the tickets triaged under the gold parent."""
+    import shutil
+
+    from trainer.recipe import MIN_DEPENDENT_ROWS, fit_pooling
+    from trainer.synthetic import generate
+    from triage_core.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(cfg.taxonomy_path)
+    adapter = tmp_path / "shipped"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "triage_adapter.json"):
+        adapter.mkdir(exist_ok=True)
+        shutil.copy(cfg.path(cfg["model"]["adapter"]) / name, adapter / name)
+    data = [{"text": r["text"], "labels": r["labels"]} for r in generate(taxonomy, 120, seed=77)]
+    fit, cal = data[:80], data[80:]
+    lm_only = Triager(load_model(cfg["model"], adapter=adapter, taxonomy_hash=taxonomy.label_hash), taxonomy,
+                      use_expert=False)
+    chosen = [res.ticket["category"] for res in lm_only.triage_many([r["text"] for r in cal])]
+    wrong = sum(c != r["labels"]["category"] for c, r in zip(chosen, cal, strict=True))
+    assert wrong > 0 and len(cal) - wrong >= MIN_DEPENDENT_ROWS  # the case this test is about, and enough rows
+    result = fit_pooling(adapter, taxonomy, cfg["model"], fit, cal, data)
+    params = result.combination.views["combined"]["subcategory"]
+    assert params.a >= 0 and params.b >= 0
+    assert set(result.combination.thresholds) >= {"category", "subcategory"}
+    # The pooling itself gives a value the LM did not score the floor probability instead of failing.
+    dist, choice = pool(params, ["A", "B"], {"C": 1.0}, {"A": 0.9, "B": 0.1}, None)
+    assert choice == "A" and sum(dist.values()) == pytest.approx(1.0)

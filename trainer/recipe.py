@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 HOLDOUT_FRACTION = 0.15
 HOLDOUT_BOUNDS = (30, 300)
 MIN_RECORDS = 80
+#: Fewest held-out tickets whose parent the LM got right for a dependent field to be fitted on those alone.
+MIN_DEPENDENT_ROWS = 30
 #: Pooling used when there are too few records to hold any out: a geometric mean of the two.
 UNFITTED = FieldParams(a=0.5, b=0.5)
 
@@ -146,6 +148,9 @@ def _fit_views(combination: Combination, taxonomy: Taxonomy, model_cfg: Mapping[
     lex = expert.predict([r["text"] for r in cal]) if expert else [{} for _ in cal]
     for f in taxonomy.enum_fields:
         rows = [i for i, r in enumerate(cal) if f.name in r.get("labels", {})]
+        if f.parent is not None:  # as it triages: a dependent field only where the LM chose the gold parent
+            chosen = [i for i in rows if lm[i].ticket.get(f.parent) == cal[i]["labels"].get(f.parent)]
+            rows = chosen if len(chosen) >= MIN_DEPENDENT_ROWS else rows
         if not rows:
             continue
         labels = [cal[i]["labels"] for i in rows]

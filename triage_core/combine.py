@@ -71,7 +71,7 @@ def pool(params: FieldParams, allowed: Sequence[str], lm: Mapping[str, float] | 
     pri = _renormalised(prior, allowed) if prior and (params.c or params.tau) else None
     scores = []
     for v in allowed:
-        s = params.a * math.log(max(lm[v], _FLOOR)) if lm is not None and params.a else 0.0
+        s = params.a * math.log(max(lm.get(v, 0.0), _FLOOR)) if lm is not None and params.a else 0.0
         if lex is not None:
             s += params.b * math.log(lex[v])
         if pri is not None:
